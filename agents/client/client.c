@@ -1,0 +1,1867 @@
+/*
+ * agents/client/client.c - libhsbus: connection, context pool, receiver threads, request/reply.
+ *
+ * Design note.
+ *
+ * One hsbus_client is one nng REQ socket with one dialer and at most one pipe: hello binds the pipe
+ * to the agent, so a second pipe (a reconnect) would act as nobody. The ADD_PRE pipe callback
+ * therefore rejects every pipe after the first, and REM_POST marks the client lost: calls fail with
+ * HSBUS_ECLOSED from then on and every aio in flight is aborted.
+ *
+ * Calls borrow a slot (an nng context, its aio and its own hsb_dec) from a pool of opts.contexts
+ * slots and run one request/reply on it synchronously in the calling thread, so as many calls are
+ * in flight as there are slots. REQ resends are disabled: a fetch may be parked at the daemon for
+ * up to a minute, and a resent send would duplicate messages.
+ *
+ * Receiver threads each own a slot of their own and loop on fetch. Every fetched message goes
+ * through hsbus_dispatch_one: a reply (corr != 0) whose requester waits is handed to it; a reply
+ * that may belong to a request still in its send phase (the daemon can route the reply before the
+ * send's answer reaches us) is stashed as an orphan until a requester claims it, no request is in
+ * its send phase, or the call timeout passes; everything else goes to the handler or to the bounded
+ * local queue for hsbus_fetch. The handler always runs with no lock held.
+ *
+ * Lock order: one mutex (c->mtx) guards all mutable client state. start_mtx only serialises
+ * hsbus_start and is never taken while c->mtx is held.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <msgpack.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+
+#include "agents/client/hsbus.h"
+#include "proto/codec.h"
+#include "proto/envelope.h"
+#include "proto/err.h"
+
+/* The public header repeats the broker's codes and limits; keep the two in step. */
+#define HSBUS_SAME(a, b) _Static_assert((int)(a) == (int)(b), #a " must equal " #b)
+HSBUS_SAME(HSBUS_OK, HSB_OK);
+HSBUS_SAME(HSBUS_EBADMSG, HSB_EBADMSG);
+HSBUS_SAME(HSBUS_ETYPE, HSB_ETYPE);
+HSBUS_SAME(HSBUS_EMISSING, HSB_EMISSING);
+HSBUS_SAME(HSBUS_EBADNAME, HSB_EBADNAME);
+HSBUS_SAME(HSBUS_EBADPRIO, HSB_EBADPRIO);
+HSBUS_SAME(HSBUS_ETRUNC, HSB_ETRUNC);
+HSBUS_SAME(HSBUS_ETRAILING, HSB_ETRAILING);
+HSBUS_SAME(HSBUS_EDEPTH, HSB_EDEPTH);
+HSBUS_SAME(HSBUS_EUTF8, HSB_EUTF8);
+HSBUS_SAME(HSBUS_EBADOP, HSB_EBADOP);
+HSBUS_SAME(HSBUS_EVERSION, HSB_EVERSION);
+HSBUS_SAME(HSBUS_ERANGE, HSB_ERANGE);
+HSBUS_SAME(HSBUS_ETOOBIG, HSB_ETOOBIG);
+HSBUS_SAME(HSBUS_ENOROUTE, HSB_ENOROUTE);
+HSBUS_SAME(HSBUS_EEXPIRED, HSB_EEXPIRED);
+HSBUS_SAME(HSBUS_EBUSY, HSB_EBUSY);
+HSBUS_SAME(HSBUS_EBREAKER_OPEN, HSB_EBREAKER_OPEN);
+HSBUS_SAME(HSBUS_EAUTH, HSB_EAUTH);
+HSBUS_SAME(HSBUS_EDENIED, HSB_EDENIED);
+HSBUS_SAME(HSBUS_EDUPLICATE, HSB_EDUPLICATE);
+HSBUS_SAME(HSBUS_ESHUTDOWN, HSB_ESHUTDOWN);
+HSBUS_SAME(HSBUS_EINTERNAL, HSB_EINTERNAL);
+HSBUS_SAME(HSBUS_ENOMEM, HSB_ENOMEM);
+HSBUS_SAME(HSBUS_EIO, HSB_EIO);
+HSBUS_SAME(HSBUS_ETIMEDOUT, HSB_ETIMEDOUT);
+HSBUS_SAME(HSBUS_ECLOSED, HSB_ECLOSED);
+HSBUS_SAME(HSBUS_EINVAL, HSB_EINVAL);
+HSBUS_SAME(HSBUS_ENOTFOUND, HSB_ENOTFOUND);
+HSBUS_SAME(HSBUS_EDURABLE, HSB_EDURABLE);
+HSBUS_SAME(HSBUS_ERR_COUNT, HSB_ERR_COUNT);
+HSBUS_SAME(HSBUS_PROTO_VERSION, HSB_PROTO_VERSION);
+HSBUS_SAME(HSBUS_NAME_MAX, HSB_NAME_MAX);
+HSBUS_SAME(HSBUS_CID_MAX, HSB_CID_MAX);
+HSBUS_SAME(HSBUS_TOKEN_MAX, HSB_TOKEN_MAX);
+HSBUS_SAME(HSBUS_REASON_MAX, HSB_REASON_MAX);
+HSBUS_SAME(HSBUS_BODY_MAX, HSB_BODY_MAX);
+HSBUS_SAME(HSBUS_BATCH_MAX, HSB_BATCH_MAX);
+HSBUS_SAME(HSBUS_LIST_MAX, HSB_LIST_MAX);
+HSBUS_SAME(HSBUS_PRIO_NORMAL, HSB_PRIO_NORMAL);
+
+#define HSBUS_DEF_TIMEOUT_MS 10000
+#define HSBUS_DEF_CONTEXTS   16
+#define HSBUS_DEF_QUEUE_MAX  1024
+#define HSBUS_DEF_POLL_MS    1000
+#define HSBUS_DEF_RECV_MAX   ((size_t)64 << 20)
+#define HSBUS_FETCH_MAX      64 /* per receiver fetch: the credit one parked fetch grants */
+#define HSBUS_THREADS_MAX    64
+#define HSBUS_WAIT_MAX_MS    60000
+#define HSBUS_BYE_TIMEOUT_MS 1000
+
+/* One nng context with its aio and decoder. Used by one thread at a time. */
+typedef struct hsbus_slot {
+    nng_ctx ctx;
+    nng_aio *aio;
+    hsb_dec dec;
+    bool ctx_open;
+    bool dec_ready;
+    struct hsbus_slot *next_free;
+} hsbus_slot;
+
+/* A received message in the local queue or the orphan stash. */
+typedef struct hsbus_node {
+    hsbus_msg *msg;
+    int64_t at_ms; /* when it was stashed (orphans) */
+    struct hsbus_node *next;
+} hsbus_node;
+
+typedef struct hsbus_list {
+    hsbus_node *head;
+    hsbus_node *tail;
+    size_t len;
+} hsbus_list;
+
+/* A thread blocked in hsbus_request, waiting for the message with corr == id. */
+typedef struct hsbus_waiter {
+    uint64_t id;
+    hsbus_msg *reply;
+    pthread_cond_t cv;
+    struct hsbus_waiter *next;
+} hsbus_waiter;
+
+typedef struct hsbus_recv {
+    hsbus_client *client;
+    hsbus_slot slot;
+    pthread_t thread;
+} hsbus_recv;
+
+struct hsbus_client {
+    nng_socket sock;
+    nng_dialer dialer;
+    int timeout_ms;
+    unsigned poll_ms;
+    size_t queue_max;
+    uint32_t max_body;
+    uint32_t max_batch;
+    char session[HSB_SESSION_MAX + 1];
+
+    pthread_mutex_t mtx;
+    pthread_mutex_t start_mtx;
+    pthread_condattr_t cattr; /* CLOCK_MONOTONIC for every condvar */
+    pthread_cond_t slot_cv;   /* a slot came back to the pool */
+    pthread_cond_t queue_cv;  /* the local queue gained messages or room; state changed */
+
+    hsbus_slot *slots; /* fixed array of n_slots */
+    unsigned n_slots;
+    hsbus_slot *free_slots;
+
+    hsbus_recv *recvs[HSBUS_THREADS_MAX]; /* written under mtx; entries live until close */
+    unsigned n_recvs;
+
+    bool have_pipe;
+    bool lost;
+    bool closing;
+
+    uint64_t *acks; /* pending acks and nacks, sent on the next fetch */
+    size_t n_acks, cap_acks;
+    hsb_nack *nacks;
+    size_t n_nacks, cap_nacks;
+
+    hsbus_list queue;   /* received messages for hsbus_fetch */
+    hsbus_list orphans; /* replies that may belong to a request in its send phase */
+    size_t sending;     /* hsbus_request calls in their send phase */
+    hsbus_waiter *waiters;
+
+    hsbus_handler handler;
+    void *handler_arg;
+};
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+static _Thread_local struct {
+    const hsbus_client *client;
+    char text[HSB_REASON_MAX + 1];
+} hsbus_tl_err;
+
+static hsbus_err hsbus_fail(const hsbus_client *c, hsbus_err err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* hsbus_fail records the detail text of a failure for hsbus_errmsg and returns err. */
+static hsbus_err hsbus_fail(const hsbus_client *c, hsbus_err err, const char *fmt, ...)
+{
+    va_list ap;
+
+    hsbus_tl_err.client = c;
+    va_start(ap, fmt);
+    vsnprintf(hsbus_tl_err.text, sizeof(hsbus_tl_err.text), fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+HSBUS_API const char *hsbus_errmsg(const hsbus_client *client)
+{
+    if (client == NULL || hsbus_tl_err.client != client) {
+        return "";
+    }
+    return hsbus_tl_err.text;
+}
+
+HSBUS_API const char *hsbus_strerror(hsbus_err err)
+{
+    return hsb_strerror((hsb_err)err);
+}
+
+HSBUS_API const char *hsbus_err_name(hsbus_err err)
+{
+    static _Thread_local char buf[48];
+    const char *n = hsb_err_name((hsb_err)err);
+
+    /* "HSB_EBUSY" -> "HSBUS_EBUSY": one table (proto/err.c), two prefixes. */
+    if (n != NULL && strncmp(n, "HSB_", 4) == 0) {
+        snprintf(buf, sizeof(buf), "HSBUS_%s", n + 4);
+        return buf;
+    }
+    return n != NULL ? n : "HSBUS_EINTERNAL";
+}
+
+/* hsbus_from_nng maps an nng error to the client's codes, once, at the transport boundary. */
+static hsbus_err hsbus_from_nng(int rv)
+{
+    switch (rv) {
+    case 0:
+        return HSBUS_OK;
+    case NNG_ETIMEDOUT:
+        return HSBUS_ETIMEDOUT;
+    case NNG_ECLOSED:
+    case NNG_ECANCELED:
+    case NNG_ESTATE:
+        return HSBUS_ECLOSED;
+    case NNG_ENOMEM:
+        return HSBUS_ENOMEM;
+    case NNG_EINVAL:
+    case NNG_EADDRINVAL:
+    case NNG_ENOTSUP:
+        return HSBUS_EINVAL;
+    case NNG_EMSGSIZE:
+        return HSBUS_ETOOBIG;
+    case NNG_EPERM:
+    case NNG_EPEERAUTH:
+        return HSBUS_EDENIED;
+    default: /* ECONNREFUSED, ENOENT, ECONNRESET, ECONNSHUT, EUNREACHABLE, ECRYPTO, ... */
+        return HSBUS_EIO;
+    }
+}
+
+static hsbus_err hsbus_fail_nng(const hsbus_client *c, int rv, const char *what)
+{
+    return hsbus_fail(c, hsbus_from_nng(rv), "%s: %s", what, nng_strerror(rv));
+}
+
+/* ---- time and small helpers -------------------------------------------------------------- */
+
+static int64_t hsbus_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct timespec hsbus_abstime(int64_t deadline_ms)
+{
+    struct timespec ts;
+
+    ts.tv_sec = deadline_ms / 1000;
+    ts.tv_nsec = (long)(deadline_ms % 1000) * 1000000;
+    return ts;
+}
+
+/* hsbus_copy_name copies a NUL-terminated field of at most cap-1 bytes into dst[cap]. */
+static void hsbus_copy_name(char *dst, size_t cap, const char *src, size_t src_cap)
+{
+    size_t n = strnlen(src, src_cap);
+
+    if (n >= cap) {
+        n = cap - 1;
+    }
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static void hsbus_list_push(hsbus_list *l, hsbus_node *n)
+{
+    n->next = NULL;
+    if (l->tail != NULL) {
+        l->tail->next = n;
+    } else {
+        l->head = n;
+    }
+    l->tail = n;
+    l->len++;
+}
+
+static hsbus_node *hsbus_list_pop(hsbus_list *l)
+{
+    hsbus_node *n = l->head;
+
+    if (n != NULL) {
+        l->head = n->next;
+        if (l->head == NULL) {
+            l->tail = NULL;
+        }
+        l->len--;
+        n->next = NULL;
+    }
+    return n;
+}
+
+static void hsbus_list_free(hsbus_list *l)
+{
+    hsbus_node *n;
+
+    while ((n = hsbus_list_pop(l)) != NULL) {
+        hsbus_msg_free(&n->msg);
+        free(n);
+    }
+}
+
+/* ---- messages ---------------------------------------------------------------------------- */
+
+HSBUS_API void hsbus_msg_init(hsbus_msg *msg)
+{
+    if (msg == NULL) {
+        return;
+    }
+    memset(msg, 0, sizeof(*msg));
+    msg->prio = HSBUS_PRIO_NORMAL;
+}
+
+HSBUS_API void hsbus_msg_clear(hsbus_msg *msg)
+{
+    if (msg == NULL) {
+        return;
+    }
+    free(msg->body);
+    hsbus_msg_init(msg);
+}
+
+HSBUS_API hsbus_err hsbus_msg_new(hsbus_msg **msgp)
+{
+    hsbus_msg *m;
+
+    if (msgp == NULL) {
+        return HSBUS_EINVAL;
+    }
+    *msgp = NULL;
+    m = malloc(sizeof(*m));
+    if (m == NULL) {
+        return HSBUS_ENOMEM;
+    }
+    hsbus_msg_init(m);
+    *msgp = m;
+    return HSBUS_OK;
+}
+
+HSBUS_API void hsbus_msg_free(hsbus_msg **msgp)
+{
+    if (msgp == NULL || *msgp == NULL) {
+        return;
+    }
+    free((*msgp)->body);
+    free(*msgp);
+    *msgp = NULL;
+}
+
+HSBUS_API hsbus_err hsbus_msg_copy(const hsbus_msg *src, hsbus_msg **dst)
+{
+    hsbus_msg *m;
+
+    if (src == NULL || dst == NULL) {
+        return HSBUS_EINVAL;
+    }
+    *dst = NULL;
+    m = malloc(sizeof(*m));
+    if (m == NULL) {
+        return HSBUS_ENOMEM;
+    }
+    *m = *src;
+    m->body = NULL;
+    if (src->body != NULL && src->body_len > 0) {
+        m->body = malloc(src->body_len);
+        if (m->body == NULL) {
+            free(m);
+            return HSBUS_ENOMEM;
+        }
+        memcpy(m->body, src->body, src->body_len);
+    } else {
+        m->body_len = 0;
+    }
+    *dst = m;
+    return HSBUS_OK;
+}
+
+/* hsbus_msg_set_body_hdr replaces msg's body with hdr[0..hlen) followed by data[0..len). */
+static hsbus_err hsbus_msg_set_body_hdr(hsbus_msg *msg, const uint8_t *hdr, size_t hlen,
+                                        const void *data, size_t len)
+{
+    uint8_t *b;
+
+    b = malloc(hlen + len > 0 ? hlen + len : 1);
+    if (b == NULL) {
+        return HSBUS_ENOMEM;
+    }
+    memcpy(b, hdr, hlen);
+    if (len > 0) {
+        memcpy(b + hlen, data, len);
+    }
+    free(msg->body);
+    msg->body = b;
+    msg->body_len = hlen + len;
+    return HSBUS_OK;
+}
+
+/* hsbus_put_be writes the n low bytes of v big-endian (msgpack's byte order). */
+static void hsbus_put_be(uint8_t *p, uint64_t v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        p[n - 1 - i] = (uint8_t)(v >> (8 * i));
+    }
+}
+
+static uint64_t hsbus_get_be(const uint8_t *p, size_t n)
+{
+    uint64_t v = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+HSBUS_API hsbus_err hsbus_msg_set_body_bin(hsbus_msg *msg, const void *data, size_t len)
+{
+    uint8_t hdr[5];
+    size_t hlen;
+
+    if (msg == NULL || (data == NULL && len > 0)) {
+        return HSBUS_EINVAL;
+    }
+    if (len > UINT32_MAX) {
+        return HSBUS_ETOOBIG;
+    }
+    if (len <= UINT8_MAX) {
+        hdr[0] = 0xc4;
+        hlen = 2;
+    } else if (len <= UINT16_MAX) {
+        hdr[0] = 0xc5;
+        hlen = 3;
+    } else {
+        hdr[0] = 0xc6;
+        hlen = 5;
+    }
+    hsbus_put_be(hdr + 1, len, hlen - 1);
+    return hsbus_msg_set_body_hdr(msg, hdr, hlen, data, len);
+}
+
+HSBUS_API hsbus_err hsbus_msg_set_body_str(hsbus_msg *msg, const char *data, size_t len)
+{
+    uint8_t hdr[5];
+    size_t hlen;
+
+    if (msg == NULL || (data == NULL && len > 0)) {
+        return HSBUS_EINVAL;
+    }
+    if (len > UINT32_MAX) {
+        return HSBUS_ETOOBIG;
+    }
+    if (len <= 31) {
+        hdr[0] = (uint8_t)(0xa0 | len);
+        hlen = 1;
+    } else if (len <= UINT8_MAX) {
+        hdr[0] = 0xd9;
+        hlen = 2;
+    } else if (len <= UINT16_MAX) {
+        hdr[0] = 0xda;
+        hlen = 3;
+    } else {
+        hdr[0] = 0xdb;
+        hlen = 5;
+    }
+    hsbus_put_be(hdr + 1, len, hlen - 1);
+    return hsbus_msg_set_body_hdr(msg, hdr, hlen, data, len);
+}
+
+HSBUS_API hsbus_err hsbus_msg_set_body_raw(hsbus_msg *msg, const void *data, size_t len)
+{
+    if (msg == NULL || (data == NULL && len > 0)) {
+        return HSBUS_EINVAL;
+    }
+    if (len == 0) {
+        free(msg->body);
+        msg->body = NULL;
+        msg->body_len = 0;
+        return HSBUS_OK;
+    }
+    return hsbus_msg_set_body_hdr(msg, NULL, 0, data, len);
+}
+
+HSBUS_API hsbus_err hsbus_msg_body_bytes(const hsbus_msg *msg, const uint8_t **data, size_t *len)
+{
+    const uint8_t *b;
+    size_t hlen, n;
+
+    if (msg == NULL || data == NULL || len == NULL) {
+        return HSBUS_EINVAL;
+    }
+    if (msg->body == NULL || msg->body_len == 0) {
+        return HSBUS_ETYPE;
+    }
+    b = msg->body;
+    if ((b[0] & 0xe0) == 0xa0) {
+        hlen = 1;
+        n = b[0] & 0x1f;
+    } else {
+        switch (b[0]) {
+        case 0xc4:
+        case 0xd9:
+            hlen = 2;
+            break;
+        case 0xc5:
+        case 0xda:
+            hlen = 3;
+            break;
+        case 0xc6:
+        case 0xdb:
+            hlen = 5;
+            break;
+        default:
+            return HSBUS_ETYPE;
+        }
+        if (msg->body_len < hlen) {
+            return HSBUS_ETRUNC;
+        }
+        n = (size_t)hsbus_get_be(b + 1, hlen - 1);
+    }
+    if (msg->body_len - hlen < n) {
+        return HSBUS_ETRUNC;
+    }
+    *data = b + hlen;
+    *len = n;
+    return HSBUS_OK;
+}
+
+/* hsbus_env_from_msg fills env from msg for sending; env->body points into msg. */
+static void hsbus_env_from_msg(hsb_envelope *env, const hsbus_msg *msg)
+{
+    hsb_envelope_init(env);
+    env->corr = msg->corr;
+    env->ttl_ms = msg->ttl_ms;
+    env->prio = msg->prio;
+    env->durable = msg->durable;
+    hsbus_copy_name(env->cid, sizeof(env->cid), msg->cid, sizeof(msg->cid));
+    hsbus_copy_name(env->to, sizeof(env->to), msg->to, sizeof(msg->to));
+    hsbus_copy_name(env->type, sizeof(env->type), msg->type, sizeof(msg->type));
+    hsbus_copy_name(env->topic, sizeof(env->topic), msg->topic, sizeof(msg->topic));
+    hsbus_copy_name(env->batch, sizeof(env->batch), msg->batch, sizeof(msg->batch));
+    env->body = msg->body_len > 0 ? msg->body : NULL;
+    env->body_len = env->body != NULL ? msg->body_len : 0;
+}
+
+/* hsbus_msg_from_env returns a new message owning a copy of env's body, or NULL (no memory). */
+static hsbus_msg *hsbus_msg_from_env(const hsb_envelope *env)
+{
+    hsbus_msg *m = malloc(sizeof(*m));
+
+    if (m == NULL) {
+        return NULL;
+    }
+    hsbus_msg_init(m);
+    m->id = env->id;
+    m->corr = env->corr;
+    m->deadline = env->deadline;
+    m->ttl_ms = env->ttl_ms;
+    m->deliveries = env->deliveries;
+    m->prio = env->prio;
+    m->durable = env->durable;
+    hsbus_copy_name(m->cid, sizeof(m->cid), env->cid, sizeof(env->cid));
+    hsbus_copy_name(m->from, sizeof(m->from), env->from, sizeof(env->from));
+    hsbus_copy_name(m->to, sizeof(m->to), env->to, sizeof(env->to));
+    hsbus_copy_name(m->type, sizeof(m->type), env->type, sizeof(env->type));
+    hsbus_copy_name(m->topic, sizeof(m->topic), env->topic, sizeof(env->topic));
+    hsbus_copy_name(m->batch, sizeof(m->batch), env->batch, sizeof(env->batch));
+    if (env->body != NULL && env->body_len > 0) {
+        m->body = malloc(env->body_len);
+        if (m->body == NULL) {
+            free(m);
+            return NULL;
+        }
+        memcpy(m->body, env->body, env->body_len);
+        m->body_len = env->body_len;
+    }
+    return m;
+}
+
+/* ---- slots and calls --------------------------------------------------------------------- */
+
+static hsbus_err hsbus_slot_init(hsbus_client *c, hsbus_slot *s)
+{
+    int rv;
+
+    memset(s, 0, sizeof(*s));
+    if (hsb_dec_init(&s->dec) != HSB_OK) {
+        return HSBUS_ENOMEM;
+    }
+    s->dec_ready = true;
+    rv = nng_aio_alloc(&s->aio, NULL, NULL);
+    if (rv != 0) {
+        return hsbus_fail_nng(c, rv, "nng_aio_alloc");
+    }
+    rv = nng_ctx_open(&s->ctx, c->sock);
+    if (rv != 0) {
+        return hsbus_fail_nng(c, rv, "nng_ctx_open");
+    }
+    s->ctx_open = true;
+    return HSBUS_OK;
+}
+
+/* hsbus_slot_fini frees a slot; the socket must be closed (or the slot never used) by now. */
+static void hsbus_slot_fini(hsbus_slot *s)
+{
+    if (s->aio != NULL) {
+        nng_aio_free(s->aio);
+        s->aio = NULL;
+    }
+    if (s->dec_ready) {
+        hsb_dec_fini(&s->dec);
+        s->dec_ready = false;
+    }
+}
+
+/* hsbus_slot_get borrows a slot from the pool, waiting up to the call timeout for one. */
+static hsbus_err hsbus_slot_get(hsbus_client *c, hsbus_slot **sp)
+{
+    struct timespec until = hsbus_abstime(hsbus_now_ms() + c->timeout_ms);
+    hsbus_err err = HSBUS_OK;
+
+    pthread_mutex_lock(&c->mtx);
+    while (c->free_slots == NULL && !c->closing && !c->lost) {
+        if (pthread_cond_timedwait(&c->slot_cv, &c->mtx, &until) == ETIMEDOUT) {
+            break;
+        }
+    }
+    if (c->closing || c->lost) {
+        err = HSBUS_ECLOSED;
+    } else if (c->free_slots == NULL) {
+        err = HSBUS_ETIMEDOUT;
+    } else {
+        *sp = c->free_slots;
+        c->free_slots = (*sp)->next_free;
+    }
+    pthread_mutex_unlock(&c->mtx);
+    if (err == HSBUS_ECLOSED) {
+        return hsbus_fail(c, err, "client closed or connection lost");
+    }
+    if (err == HSBUS_ETIMEDOUT) {
+        return hsbus_fail(c, err, "all %u contexts busy", c->n_slots);
+    }
+    return HSBUS_OK;
+}
+
+static void hsbus_slot_put(hsbus_client *c, hsbus_slot *s)
+{
+    pthread_mutex_lock(&c->mtx);
+    s->next_free = c->free_slots;
+    c->free_slots = s;
+    pthread_cond_signal(&c->slot_cv);
+    pthread_mutex_unlock(&c->mtx);
+}
+
+/* msgpack write callback that appends to an nng_msg. */
+static int hsbus_nngmsg_write(void *data, const char *buf, size_t len)
+{
+    return nng_msg_append((nng_msg *)data, buf, len) == 0 ? 0 : -1;
+}
+
+/*
+ * hsbus_call runs one request/reply on slot s: encodes req, sends it, waits up to timeout_ms for
+ * the reply and decodes it into *rep (owned by s->dec until the slot's next call). A reply with
+ * ok == false becomes its error code. Blocks; runs on the thread that holds the slot.
+ */
+static hsbus_err hsbus_call(hsbus_client *c, hsbus_slot *s, const hsb_request *req, int timeout_ms,
+                            hsb_reply *rep)
+{
+    msgpack_packer pk;
+    nng_msg *m = NULL;
+    hsb_err derr;
+    int rv;
+
+    rv = nng_msg_alloc(&m, 0);
+    if (rv != 0) {
+        return hsbus_fail_nng(c, rv, "nng_msg_alloc");
+    }
+    msgpack_packer_init(&pk, m, hsbus_nngmsg_write);
+    if (hsb_enc_request(&pk, req) != HSB_OK) {
+        nng_msg_free(m);
+        return hsbus_fail(c, HSBUS_ENOMEM, "encoding %s failed", hsb_op_name(req->op));
+    }
+    nng_aio_set_msg(s->aio, m);
+    nng_aio_set_timeout(s->aio, timeout_ms);
+    nng_ctx_send(s->ctx, s->aio);
+    nng_aio_wait(s->aio);
+    rv = nng_aio_result(s->aio);
+    if (rv != 0) {
+        nng_msg_free(nng_aio_get_msg(s->aio)); /* a failed send leaves the message with us */
+        nng_aio_set_msg(s->aio, NULL);
+        return hsbus_fail_nng(c, rv, hsb_op_name(req->op));
+    }
+    nng_aio_set_timeout(s->aio, timeout_ms);
+    nng_ctx_recv(s->ctx, s->aio);
+    nng_aio_wait(s->aio);
+    rv = nng_aio_result(s->aio);
+    if (rv != 0) {
+        return hsbus_fail_nng(c, rv, hsb_op_name(req->op));
+    }
+    m = nng_aio_get_msg(s->aio);
+    nng_aio_set_msg(s->aio, NULL);
+    derr = hsb_dec_reply(&s->dec, req->op, nng_msg_body(m), nng_msg_len(m), rep);
+    nng_msg_free(m);
+    if (derr != HSB_OK) {
+        return hsbus_fail(c, (hsbus_err)derr, "bad %s reply: %s", hsb_op_name(req->op),
+                          hsb_dec_errmsg(&s->dec));
+    }
+    if (!rep->ok) {
+        hsbus_err err = rep->err != HSB_OK ? (hsbus_err)rep->err : HSBUS_EINTERNAL;
+        return hsbus_fail(c, err, "%s", rep->msg != NULL ? rep->msg : hsbus_strerror(err));
+    }
+    return HSBUS_OK;
+}
+
+/* hsbus_timeout clamps the client's timeout plus extra to what an nng duration can hold. */
+static int hsbus_timeout(const hsbus_client *c, int extra)
+{
+    int64_t t = (int64_t)c->timeout_ms + extra;
+
+    return t > INT32_MAX ? INT32_MAX : (int)t;
+}
+
+/* ---- acks -------------------------------------------------------------------------------- */
+
+static hsbus_err hsbus_grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    size_t ncap;
+    void *np;
+
+    if (need <= *cap) {
+        return HSBUS_OK;
+    }
+    ncap = *cap == 0 ? 64 : *cap * 2;
+    while (ncap < need) {
+        ncap *= 2;
+    }
+    np = realloc(*p, ncap * elem);
+    if (np == NULL) {
+        return HSBUS_ENOMEM;
+    }
+    *p = np;
+    *cap = ncap;
+    return HSBUS_OK;
+}
+
+static hsbus_err hsbus_add_ack_locked(hsbus_client *c, uint64_t id)
+{
+    if (hsbus_grow((void **)&c->acks, &c->cap_acks, c->n_acks + 1, sizeof(*c->acks)) != HSBUS_OK) {
+        return HSBUS_ENOMEM;
+    }
+    c->acks[c->n_acks++] = id;
+    return HSBUS_OK;
+}
+
+static hsbus_err hsbus_add_nack_locked(hsbus_client *c, uint64_t id, const char *reason)
+{
+    hsb_nack *n;
+
+    if (hsbus_grow((void **)&c->nacks, &c->cap_nacks, c->n_nacks + 1, sizeof(*c->nacks)) !=
+        HSBUS_OK) {
+        return HSBUS_ENOMEM;
+    }
+    n = &c->nacks[c->n_nacks++];
+    n->id = id;
+    snprintf(n->reason, sizeof(n->reason), "%s", reason != NULL ? reason : "");
+    return HSBUS_OK;
+}
+
+HSBUS_API hsbus_err hsbus_ack(hsbus_client *client, uint64_t id)
+{
+    hsbus_err err;
+
+    if (client == NULL || id == 0) {
+        return HSBUS_EINVAL;
+    }
+    pthread_mutex_lock(&client->mtx);
+    err = client->closing ? HSBUS_ECLOSED : hsbus_add_ack_locked(client, id);
+    pthread_mutex_unlock(&client->mtx);
+    return err;
+}
+
+HSBUS_API hsbus_err hsbus_nack(hsbus_client *client, uint64_t id, const char *reason)
+{
+    hsbus_err err;
+
+    if (client == NULL || id == 0) {
+        return HSBUS_EINVAL;
+    }
+    pthread_mutex_lock(&client->mtx);
+    err = client->closing ? HSBUS_ECLOSED : hsbus_add_nack_locked(client, id, reason);
+    pthread_mutex_unlock(&client->mtx);
+    return err;
+}
+
+/*
+ * hsbus_take_acks moves up to HSB_LIST_MAX pending acks and nacks into fresh arrays in *f for one
+ * fetch request. The caller owns the arrays and returns them with hsbus_settle_acks.
+ */
+static hsbus_err hsbus_take_acks(hsbus_client *c, hsb_fetch_req *f)
+{
+    hsbus_err err = HSBUS_OK;
+    size_t na, nn;
+
+    f->acks = NULL;
+    f->nacks = NULL;
+    f->n_acks = 0;
+    f->n_nacks = 0;
+    pthread_mutex_lock(&c->mtx);
+    na = c->n_acks < HSB_LIST_MAX ? c->n_acks : HSB_LIST_MAX;
+    nn = c->n_nacks < HSB_LIST_MAX ? c->n_nacks : HSB_LIST_MAX;
+    if (na > 0) {
+        f->acks = malloc(na * sizeof(*f->acks));
+        if (f->acks == NULL) {
+            err = HSBUS_ENOMEM;
+            goto out;
+        }
+        memcpy(f->acks, c->acks, na * sizeof(*f->acks));
+        memmove(c->acks, c->acks + na, (c->n_acks - na) * sizeof(*c->acks));
+        c->n_acks -= na;
+        f->n_acks = na;
+    }
+    if (nn > 0) {
+        f->nacks = malloc(nn * sizeof(*f->nacks));
+        if (f->nacks == NULL) {
+            err = HSBUS_ENOMEM;
+            goto out;
+        }
+        memcpy(f->nacks, c->nacks, nn * sizeof(*f->nacks));
+        memmove(c->nacks, c->nacks + nn, (c->n_nacks - nn) * sizeof(*c->nacks));
+        c->n_nacks -= nn;
+        f->n_nacks = nn;
+    }
+out:
+    pthread_mutex_unlock(&c->mtx);
+    return err;
+}
+
+/* hsbus_settle_acks frees f's arrays; if the fetch failed (!sent) the records go back to pending.
+ */
+static void hsbus_settle_acks(hsbus_client *c, hsb_fetch_req *f, bool sent)
+{
+    if (!sent && (f->n_acks > 0 || f->n_nacks > 0)) {
+        pthread_mutex_lock(&c->mtx);
+        for (size_t i = 0; i < f->n_acks; i++) {
+            (void)hsbus_add_ack_locked(c, f->acks[i]);
+        }
+        for (size_t i = 0; i < f->n_nacks; i++) {
+            (void)hsbus_add_nack_locked(c, f->nacks[i].id, f->nacks[i].reason);
+        }
+        pthread_mutex_unlock(&c->mtx);
+    }
+    free(f->acks);
+    free(f->nacks);
+    f->acks = NULL;
+    f->nacks = NULL;
+    f->n_acks = 0;
+    f->n_nacks = 0;
+}
+
+/*
+ * hsbus_do_fetch sends one fetch (with pending acks) on slot s and converts the envelopes of the
+ * reply into owned messages: *out (malloc'ed array, caller frees it and its messages), *n.
+ */
+static hsbus_err hsbus_do_fetch(hsbus_client *c, hsbus_slot *s, uint32_t max, uint32_t wait_ms,
+                                hsbus_msg ***out, size_t *n)
+{
+    hsb_request req;
+    hsb_reply rep;
+    hsbus_msg **msgs = NULL;
+    size_t got = 0;
+    hsbus_err err;
+
+    *out = NULL;
+    *n = 0;
+    memset(&req, 0, sizeof(req));
+    req.op = HSB_OP_FETCH;
+    req.u.fetch.max = max;
+    req.u.fetch.wait_ms = wait_ms;
+    err = hsbus_take_acks(c, &req.u.fetch);
+    if (err != HSBUS_OK) {
+        hsbus_settle_acks(c, &req.u.fetch, false);
+        return hsbus_fail(c, err, "no memory for acks");
+    }
+    err = hsbus_call(c, s, &req, hsbus_timeout(c, (int)wait_ms), &rep);
+    /* Acks of a fetch that timed out may have reached the daemon; acking twice is harmless. */
+    hsbus_settle_acks(c, &req.u.fetch, err == HSBUS_OK);
+    if (err != HSBUS_OK) {
+        return err;
+    }
+    if (rep.u.fetch.n_msgs > 0) {
+        msgs = calloc(rep.u.fetch.n_msgs, sizeof(*msgs));
+        if (msgs == NULL) {
+            return hsbus_fail(c, HSBUS_ENOMEM, "no memory for %zu messages", rep.u.fetch.n_msgs);
+        }
+        for (size_t i = 0; i < rep.u.fetch.n_msgs; i++) {
+            msgs[got] = hsbus_msg_from_env(&rep.u.fetch.msgs[i]);
+            if (msgs[got] == NULL) {
+                /* Unacked, so the daemon redelivers it after its ack timeout. */
+                continue;
+            }
+            got++;
+        }
+    }
+    *out = msgs;
+    *n = got;
+    return HSBUS_OK;
+}
+
+/* ---- dispatch ---------------------------------------------------------------------------- */
+
+static hsbus_waiter *hsbus_find_waiter_locked(hsbus_client *c, uint64_t id)
+{
+    for (hsbus_waiter *w = c->waiters; w != NULL; w = w->next) {
+        if (w->id == id && w->reply == NULL) {
+            return w;
+        }
+    }
+    return NULL;
+}
+
+typedef enum hsbus_route {
+    HSBUS_ROUTE_TAKEN, /* handed to a requester or stashed: no longer the caller's */
+    HSBUS_ROUTE_USER,  /* the caller must deliver it to the user (handler or fetch result) */
+} hsbus_route;
+
+/*
+ * hsbus_route_reply_locked hands m to its requester or stashes it as an orphan when it is a reply
+ * that may still be claimed. Returns HSBUS_ROUTE_USER for anything else. A message handed to a
+ * requester is acked here.
+ */
+static hsbus_route hsbus_route_reply_locked(hsbus_client *c, hsbus_msg *m, bool may_stash)
+{
+    hsbus_waiter *w;
+    hsbus_node *n;
+
+    if (m->corr == 0) {
+        return HSBUS_ROUTE_USER;
+    }
+    w = hsbus_find_waiter_locked(c, m->corr);
+    if (w != NULL) {
+        w->reply = m;
+        if (m->id != 0) {
+            (void)hsbus_add_ack_locked(c, m->id);
+        }
+        pthread_cond_signal(&w->cv);
+        return HSBUS_ROUTE_TAKEN;
+    }
+    if (may_stash && c->sending > 0) {
+        n = malloc(sizeof(*n));
+        if (n != NULL) {
+            n->msg = m;
+            n->at_ms = hsbus_now_ms();
+            hsbus_list_push(&c->orphans, n);
+            return HSBUS_ROUTE_TAKEN;
+        }
+    }
+    return HSBUS_ROUTE_USER;
+}
+
+/*
+ * hsbus_deliver gives a received message to the user: the handler (called here, with no lock
+ * held; acked or nacked by its result) when run_handler and one is set, else the local queue.
+ * Takes ownership of m in every case.
+ */
+static void hsbus_deliver(hsbus_client *c, hsbus_msg *m, bool run_handler)
+{
+    hsbus_handler fn;
+    hsbus_node *n;
+    void *arg;
+    hsbus_err rv;
+
+    pthread_mutex_lock(&c->mtx);
+    fn = c->handler;
+    arg = c->handler_arg;
+    if (fn == NULL || !run_handler) {
+        n = malloc(sizeof(*n));
+        if (n != NULL) {
+            n->msg = m;
+            n->at_ms = 0;
+            hsbus_list_push(&c->queue, n);
+            pthread_cond_broadcast(&c->queue_cv);
+            m = NULL;
+        }
+        pthread_mutex_unlock(&c->mtx);
+        hsbus_msg_free(&m); /* no memory for the node: the daemon redelivers it */
+        return;
+    }
+    pthread_mutex_unlock(&c->mtx);
+
+    rv = fn(c, m, arg);
+    if (m->id != 0) {
+        if (rv == HSBUS_OK) {
+            (void)hsbus_ack(c, m->id);
+        } else {
+            (void)hsbus_nack(c, m->id, hsbus_strerror(rv));
+        }
+    }
+    hsbus_msg_free(&m);
+}
+
+/* hsbus_dispatch routes each of msgs[0..n) (taking ownership of all) and frees the array. */
+static void hsbus_dispatch(hsbus_client *c, hsbus_msg **msgs, size_t n, bool run_handler)
+{
+    for (size_t i = 0; i < n; i++) {
+        hsbus_route r;
+
+        pthread_mutex_lock(&c->mtx);
+        r = hsbus_route_reply_locked(c, msgs[i], true);
+        pthread_mutex_unlock(&c->mtx);
+        if (r == HSBUS_ROUTE_USER) {
+            hsbus_deliver(c, msgs[i], run_handler);
+        }
+    }
+    free(msgs);
+}
+
+/*
+ * hsbus_sweep_orphans releases stashed replies that no requester can claim any more (no request in
+ * its send phase, or older than the call timeout) to the user.
+ */
+static void hsbus_sweep_orphans(hsbus_client *c, bool run_handler)
+{
+    hsbus_list out = {0};
+    hsbus_list keep = {0};
+    hsbus_node *n;
+    int64_t now = hsbus_now_ms();
+
+    pthread_mutex_lock(&c->mtx);
+    while ((n = hsbus_list_pop(&c->orphans)) != NULL) {
+        if (hsbus_route_reply_locked(c, n->msg, false) == HSBUS_ROUTE_TAKEN) {
+            free(n);
+        } else if (c->sending == 0 || now - n->at_ms > c->timeout_ms) {
+            hsbus_list_push(&out, n);
+        } else {
+            hsbus_list_push(&keep, n);
+        }
+    }
+    c->orphans = keep;
+    pthread_mutex_unlock(&c->mtx);
+    while ((n = hsbus_list_pop(&out)) != NULL) {
+        hsbus_deliver(c, n->msg, run_handler);
+        free(n);
+    }
+}
+
+/* ---- receiver threads -------------------------------------------------------------------- */
+
+/*
+ * hsbus_drain_to_handler hands queued messages (queued by hsbus_flush_acks, or before the handler
+ * was set) to the handler, if one is set. Runs on a receiver thread.
+ */
+static void hsbus_drain_to_handler(hsbus_client *c)
+{
+    hsbus_node *n;
+
+    for (;;) {
+        pthread_mutex_lock(&c->mtx);
+        n = c->handler != NULL ? hsbus_list_pop(&c->queue) : NULL;
+        pthread_mutex_unlock(&c->mtx);
+        if (n == NULL) {
+            return;
+        }
+        hsbus_deliver(c, n->msg, true);
+        free(n);
+    }
+}
+
+static void *hsbus_recv_main(void *arg)
+{
+    hsbus_recv *r = arg;
+    hsbus_client *c = r->client;
+    hsbus_msg **msgs;
+    size_t n;
+    uint32_t max;
+    hsbus_err err;
+
+    for (;;) {
+        pthread_mutex_lock(&c->mtx);
+        /* Without a handler the local queue bounds what we ask for (credit), unless a requester
+         * waits: its reply must not be stuck behind a full queue. */
+        while (!c->closing && !c->lost && c->handler == NULL && c->queue.len >= c->queue_max &&
+               c->waiters == NULL && c->sending == 0) {
+            pthread_cond_wait(&c->queue_cv, &c->mtx);
+        }
+        if (c->closing || c->lost) {
+            pthread_mutex_unlock(&c->mtx);
+            break;
+        }
+        max = HSBUS_FETCH_MAX;
+        if (c->handler == NULL && c->queue.len + max > c->queue_max) {
+            max = c->queue.len < c->queue_max ? (uint32_t)(c->queue_max - c->queue.len) : 8;
+        }
+        pthread_mutex_unlock(&c->mtx);
+
+        err = hsbus_do_fetch(c, &r->slot, max, c->poll_ms, &msgs, &n);
+        if (err == HSBUS_OK) {
+            hsbus_dispatch(c, msgs, n, true);
+            hsbus_sweep_orphans(c, true);
+            hsbus_drain_to_handler(c);
+            continue;
+        }
+        pthread_mutex_lock(&c->mtx);
+        if (!c->closing && !c->lost && err != HSBUS_ETIMEDOUT) {
+            /* A refused fetch (E_BUSY, E_SHUTDOWN, ...) must not spin. */
+            struct timespec until = hsbus_abstime(hsbus_now_ms() + 100);
+            (void)pthread_cond_timedwait(&c->queue_cv, &c->mtx, &until);
+        }
+        pthread_mutex_unlock(&c->mtx);
+    }
+    return NULL;
+}
+
+HSBUS_API hsbus_err hsbus_start(hsbus_client *client, unsigned threads)
+{
+    hsbus_err err = HSBUS_OK;
+    hsbus_recv *r;
+    unsigned have;
+
+    if (client == NULL || threads == 0 || threads > HSBUS_THREADS_MAX) {
+        return HSBUS_EINVAL;
+    }
+    pthread_mutex_lock(&client->start_mtx);
+    for (;;) {
+        pthread_mutex_lock(&client->mtx);
+        have = client->n_recvs;
+        if (client->closing || client->lost) {
+            err = HSBUS_ECLOSED;
+        }
+        pthread_mutex_unlock(&client->mtx);
+        if (err != HSBUS_OK || have >= threads) {
+            break;
+        }
+        r = calloc(1, sizeof(*r));
+        if (r == NULL) {
+            err = HSBUS_ENOMEM;
+            break;
+        }
+        r->client = client;
+        err = hsbus_slot_init(client, &r->slot);
+        if (err != HSBUS_OK) {
+            goto fail_slot;
+        }
+        nng_ctx_set_ms(r->slot.ctx, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+        pthread_mutex_lock(&client->mtx);
+        if (pthread_create(&r->thread, NULL, hsbus_recv_main, r) != 0) {
+            pthread_mutex_unlock(&client->mtx);
+            err = HSBUS_EIO;
+            goto fail_thread;
+        }
+        client->recvs[client->n_recvs++] = r;
+        pthread_mutex_unlock(&client->mtx);
+        continue;
+
+    fail_thread:
+        if (r->slot.ctx_open) {
+            nng_ctx_close(r->slot.ctx);
+        }
+    fail_slot:
+        hsbus_slot_fini(&r->slot);
+        free(r);
+        break;
+    }
+    pthread_mutex_unlock(&client->start_mtx);
+    if (err != HSBUS_OK) {
+        return hsbus_fail(client, err, "starting receiver threads failed");
+    }
+    return HSBUS_OK;
+}
+
+HSBUS_API hsbus_err hsbus_set_handler(hsbus_client *client, hsbus_handler fn, void *arg)
+{
+    if (client == NULL) {
+        return HSBUS_EINVAL;
+    }
+    pthread_mutex_lock(&client->mtx);
+    client->handler = fn;
+    client->handler_arg = arg;
+    pthread_cond_broadcast(&client->queue_cv);
+    pthread_mutex_unlock(&client->mtx);
+    return HSBUS_OK;
+}
+
+/* ---- pipe events ------------------------------------------------------------------------- */
+
+/*
+ * hsbus_pipe_cb runs on an nng thread. ADD_PRE admits the first pipe only; REM_POST of that pipe
+ * marks the client lost and aborts everything in flight (no aio here has a callback, so aborting
+ * calls nothing of ours).
+ */
+static void hsbus_pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+    hsbus_client *c = arg;
+    nng_aio *aios[HSBUS_THREADS_MAX];
+    unsigned n_aios = 0;
+    bool reject = false;
+
+    pthread_mutex_lock(&c->mtx);
+    if (ev == NNG_PIPE_EV_ADD_PRE) {
+        reject = c->have_pipe || c->closing;
+        c->have_pipe = true;
+    } else if (ev == NNG_PIPE_EV_REM_POST && !c->lost) {
+        c->lost = true;
+        for (unsigned i = 0; i < c->n_recvs; i++) {
+            aios[n_aios++] = c->recvs[i]->slot.aio;
+        }
+        pthread_cond_broadcast(&c->slot_cv);
+        pthread_cond_broadcast(&c->queue_cv);
+        for (hsbus_waiter *w = c->waiters; w != NULL; w = w->next) {
+            pthread_cond_signal(&w->cv);
+        }
+    } else {
+        pthread_mutex_unlock(&c->mtx);
+        return;
+    }
+    pthread_mutex_unlock(&c->mtx);
+    if (reject) {
+        nng_pipe_close(p);
+        return;
+    }
+    if (ev == NNG_PIPE_EV_REM_POST) {
+        for (unsigned i = 0; i < n_aios; i++) {
+            nng_aio_abort(aios[i], NNG_ECLOSED);
+        }
+        for (unsigned i = 0; i < c->n_slots; i++) {
+            if (c->slots[i].aio != NULL) {
+                nng_aio_abort(c->slots[i].aio, NNG_ECLOSED);
+            }
+        }
+    }
+}
+
+/* ---- connect and close ------------------------------------------------------------------- */
+
+static hsbus_err hsbus_hello(hsbus_client *c, const hsbus_opts *o)
+{
+    hsb_request req;
+    hsb_reply rep;
+    hsb_hello *h = &req.u.hello;
+    hsbus_slot *s = &c->slots[0];
+    hsbus_err err;
+
+    memset(&req, 0, sizeof(req));
+    req.op = HSB_OP_HELLO;
+    h->v = HSB_PROTO_VERSION;
+    snprintf(h->agent, sizeof(h->agent), "%s", o->agent);
+    snprintf(h->token, sizeof(h->token), "%s", o->token != NULL ? o->token : "");
+    if (o->n_handles > 0) {
+        h->handles = calloc(o->n_handles, sizeof(*h->handles));
+        if (h->handles == NULL) {
+            err = HSBUS_ENOMEM;
+            goto out;
+        }
+        for (size_t i = 0; i < o->n_handles; i++) {
+            snprintf(h->handles[i].s, sizeof(h->handles[i].s), "%s", o->handles[i]);
+        }
+        h->n_handles = o->n_handles;
+    }
+    if (o->n_subscribes > 0) {
+        h->subscribes = calloc(o->n_subscribes, sizeof(*h->subscribes));
+        if (h->subscribes == NULL) {
+            err = HSBUS_ENOMEM;
+            goto out;
+        }
+        for (size_t i = 0; i < o->n_subscribes; i++) {
+            snprintf(h->subscribes[i].s, sizeof(h->subscribes[i].s), "%s", o->subscribes[i]);
+        }
+        h->n_subscribes = o->n_subscribes;
+    }
+    err = hsbus_call(c, s, &req, c->timeout_ms, &rep);
+    if (err == HSBUS_OK) {
+        snprintf(c->session, sizeof(c->session), "%s", rep.u.hello.session);
+        c->max_body = rep.u.hello.max_body != 0 ? rep.u.hello.max_body : HSB_BODY_MAX;
+        c->max_batch = rep.u.hello.max_batch != 0 ? rep.u.hello.max_batch : HSB_BATCH_MAX;
+    }
+out:
+    free(h->handles);
+    free(h->subscribes);
+    return err;
+}
+
+static hsbus_err hsbus_check_opts(const hsbus_opts *o)
+{
+    if (o->agent == NULL || o->agent[0] == '\0' || strlen(o->agent) > HSB_NAME_MAX) {
+        return HSBUS_EINVAL;
+    }
+    if ((o->token != NULL && strlen(o->token) > HSB_TOKEN_MAX) || o->n_handles > HSB_LIST_MAX ||
+        o->n_subscribes > HSB_LIST_MAX || (o->n_handles > 0 && o->handles == NULL) ||
+        (o->n_subscribes > 0 && o->subscribes == NULL) || o->timeout_ms < 0) {
+        return HSBUS_EINVAL;
+    }
+    for (size_t i = 0; i < o->n_handles; i++) {
+        if (o->handles[i] == NULL || strlen(o->handles[i]) > HSB_NAME_MAX + 2) {
+            return HSBUS_EINVAL;
+        }
+    }
+    for (size_t i = 0; i < o->n_subscribes; i++) {
+        if (o->subscribes[i] == NULL || strlen(o->subscribes[i]) > HSB_NAME_MAX) {
+            return HSBUS_EINVAL;
+        }
+    }
+    return HSBUS_OK;
+}
+
+/* hsbus_free_client frees everything; the socket is closed (or was never opened) by now. */
+static void hsbus_free_client(hsbus_client *c)
+{
+    for (unsigned i = 0; i < c->n_recvs; i++) {
+        hsbus_slot_fini(&c->recvs[i]->slot);
+        free(c->recvs[i]);
+    }
+    if (c->slots != NULL) {
+        for (unsigned i = 0; i < c->n_slots; i++) {
+            hsbus_slot_fini(&c->slots[i]);
+        }
+        free(c->slots);
+    }
+    hsbus_list_free(&c->queue);
+    hsbus_list_free(&c->orphans);
+    free(c->acks);
+    free(c->nacks);
+    pthread_cond_destroy(&c->queue_cv);
+    pthread_cond_destroy(&c->slot_cv);
+    pthread_condattr_destroy(&c->cattr);
+    pthread_mutex_destroy(&c->start_mtx);
+    pthread_mutex_destroy(&c->mtx);
+    free(c);
+}
+
+HSBUS_API hsbus_err hsbus_connect(const char *url, const hsbus_opts *opts, hsbus_client **clientp)
+{
+    hsbus_client *c = NULL;
+    bool sock_open = false;
+    hsbus_err err;
+    int rv;
+
+    if (clientp == NULL) {
+        return HSBUS_EINVAL;
+    }
+    *clientp = NULL;
+    if (url == NULL || opts == NULL) {
+        return hsbus_fail(NULL, HSBUS_EINVAL, "url and opts are required");
+    }
+    err = hsbus_check_opts(opts);
+    if (err != HSBUS_OK) {
+        return hsbus_fail(NULL, err, "invalid options (agent name, token or lists)");
+    }
+    c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return HSBUS_ENOMEM;
+    }
+    c->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : HSBUS_DEF_TIMEOUT_MS;
+    c->poll_ms = opts->poll_ms > 0 ? opts->poll_ms : HSBUS_DEF_POLL_MS;
+    if (c->poll_ms > HSBUS_WAIT_MAX_MS) {
+        c->poll_ms = HSBUS_WAIT_MAX_MS;
+    }
+    c->queue_max = opts->queue_max > 0 ? opts->queue_max : HSBUS_DEF_QUEUE_MAX;
+    c->n_slots = opts->contexts > 0 ? opts->contexts : HSBUS_DEF_CONTEXTS;
+    pthread_mutex_init(&c->mtx, NULL);
+    pthread_mutex_init(&c->start_mtx, NULL);
+    pthread_condattr_init(&c->cattr);
+    pthread_condattr_setclock(&c->cattr, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->slot_cv, &c->cattr);
+    pthread_cond_init(&c->queue_cv, &c->cattr);
+
+    rv = nng_req0_open(&c->sock);
+    if (rv != 0) {
+        err = hsbus_fail_nng(NULL, rv, "nng_req0_open");
+        goto fail;
+    }
+    sock_open = true;
+    nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ,
+                        opts->recv_max > 0 ? opts->recv_max : HSBUS_DEF_RECV_MAX);
+    /* No resends: a fetch may be parked for a minute, and a resent send would duplicate. */
+    nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+    nng_pipe_notify(c->sock, NNG_PIPE_EV_ADD_PRE, hsbus_pipe_cb, c);
+    nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, hsbus_pipe_cb, c);
+
+    c->slots = calloc(c->n_slots, sizeof(*c->slots));
+    if (c->slots == NULL) {
+        err = HSBUS_ENOMEM;
+        goto fail;
+    }
+    for (unsigned i = 0; i < c->n_slots; i++) {
+        err = hsbus_slot_init(c, &c->slots[i]);
+        if (err != HSBUS_OK) {
+            goto fail;
+        }
+        nng_ctx_set_ms(c->slots[i].ctx, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+    }
+
+    rv = nng_dialer_create(&c->dialer, c->sock, url);
+    if (rv != 0) {
+        err = hsbus_fail_nng(NULL, rv, url);
+        goto fail;
+    }
+    nng_dialer_set_ms(c->dialer, NNG_OPT_RECONNMINT, 1000);
+    nng_dialer_set_ms(c->dialer, NNG_OPT_RECONNMAXT, 10000);
+    rv = nng_dialer_start(c->dialer, 0); /* synchronous: fails at once if nothing listens */
+    if (rv != 0) {
+        err = hsbus_fail(NULL, hsbus_from_nng(rv), "connecting to %s: %s", url, nng_strerror(rv));
+        goto fail;
+    }
+
+    err = hsbus_hello(c, opts);
+    if (err != HSBUS_OK) {
+        /* hsbus_call recorded the text against c, which is about to go: re-home it. */
+        char text[sizeof(hsbus_tl_err.text)];
+        snprintf(text, sizeof(text), "hello: %s", hsbus_errmsg(c));
+        (void)hsbus_fail(NULL, err, "%s", text);
+        goto fail;
+    }
+    for (unsigned i = c->n_slots; i-- > 0;) {
+        c->slots[i].next_free = c->free_slots;
+        c->free_slots = &c->slots[i];
+    }
+    *clientp = c;
+    return HSBUS_OK;
+
+fail:
+    if (sock_open) {
+        pthread_mutex_lock(&c->mtx);
+        c->closing = true;
+        pthread_mutex_unlock(&c->mtx);
+        nng_close(c->sock);
+    }
+    hsbus_free_client(c);
+    return err;
+}
+
+HSBUS_API void hsbus_close(hsbus_client **clientp)
+{
+    hsbus_client *c;
+    bool flush, lost;
+    hsbus_slot *s;
+    hsb_request req;
+    hsb_reply rep;
+
+    if (clientp == NULL || *clientp == NULL) {
+        return;
+    }
+    c = *clientp;
+    *clientp = NULL;
+
+    /* 1. Stop the receivers: closing their contexts fails their parked fetch at once. */
+    pthread_mutex_lock(&c->start_mtx);
+    pthread_mutex_lock(&c->mtx);
+    c->closing = true;
+    pthread_cond_broadcast(&c->slot_cv);
+    pthread_cond_broadcast(&c->queue_cv);
+    for (hsbus_waiter *w = c->waiters; w != NULL; w = w->next) {
+        pthread_cond_signal(&w->cv);
+    }
+    pthread_mutex_unlock(&c->mtx);
+    for (unsigned i = 0; i < c->n_recvs; i++) {
+        nng_ctx_close(c->recvs[i]->slot.ctx);
+        c->recvs[i]->slot.ctx_open = false;
+    }
+    for (unsigned i = 0; i < c->n_recvs; i++) {
+        pthread_join(c->recvs[i]->thread, NULL);
+    }
+    pthread_mutex_unlock(&c->start_mtx);
+
+    /* 2. Flush acks and say bye on a slot of our own (all are free: this is the last call). */
+    pthread_mutex_lock(&c->mtx);
+    lost = c->lost;
+    flush = c->n_acks > 0 || c->n_nacks > 0;
+    s = c->free_slots;
+    if (s != NULL) {
+        c->free_slots = s->next_free;
+    }
+    pthread_mutex_unlock(&c->mtx);
+    if (s != NULL && !lost) {
+        if (flush) {
+            hsbus_msg **msgs;
+            size_t n;
+
+            if (hsbus_do_fetch(c, s, 1, 0, &msgs, &n) == HSBUS_OK) {
+                for (size_t i = 0; i < n; i++) {
+                    hsbus_msg_free(&msgs[i]); /* never acked: the daemon redelivers it */
+                }
+                free(msgs);
+            }
+        }
+        memset(&req, 0, sizeof(req));
+        req.op = HSB_OP_BYE;
+        (void)hsbus_call(c, s, &req, HSBUS_BYE_TIMEOUT_MS, &rep);
+    }
+
+    /* 3. Close the socket (waits for nng's callbacks), then free. */
+    nng_close(c->sock);
+    hsbus_free_client(c);
+}
+
+/* ---- sending ----------------------------------------------------------------------------- */
+
+/* hsbus_send_envs sends envs[0..n) in one request and fills results[0..n). */
+static hsbus_err hsbus_send_envs(hsbus_client *c, const hsb_envelope *envs, size_t n,
+                                 hsbus_result *results)
+{
+    hsb_request req;
+    hsb_reply rep;
+    hsbus_slot *s;
+    hsbus_err err;
+
+    err = hsbus_slot_get(c, &s);
+    if (err != HSBUS_OK) {
+        return err;
+    }
+    memset(&req, 0, sizeof(req));
+    req.op = HSB_OP_SEND;
+    req.u.send.msgs = (hsb_envelope *)envs; /* the encoder only reads */
+    req.u.send.n_msgs = n;
+    err = hsbus_call(c, s, &req, c->timeout_ms, &rep);
+    if (err == HSBUS_OK && rep.u.send.n_results != n) {
+        err = hsbus_fail(c, HSBUS_EBADMSG, "send: %zu results for %zu messages",
+                         rep.u.send.n_results, n);
+    }
+    if (err == HSBUS_OK) {
+        for (size_t i = 0; i < n; i++) {
+            const hsb_send_result *r = &rep.u.send.results[i];
+            results[i].id = r->id;
+            results[i].err = (hsbus_err)r->err;
+            snprintf(results[i].msg, sizeof(results[i].msg), "%s",
+                     r->err != HSB_OK && r->msg != NULL ? r->msg : "");
+        }
+    }
+    hsbus_slot_put(c, s);
+    return err;
+}
+
+static hsbus_err hsbus_send_one(hsbus_client *c, const hsbus_msg *msg, uint64_t *id)
+{
+    hsb_envelope env;
+    hsbus_result res;
+    hsbus_err err;
+
+    hsbus_env_from_msg(&env, msg);
+    err = hsbus_send_envs(c, &env, 1, &res);
+    if (err != HSBUS_OK) {
+        return err;
+    }
+    if (res.err != HSBUS_OK) {
+        return hsbus_fail(c, res.err, "%s", res.msg[0] != '\0' ? res.msg : hsbus_strerror(res.err));
+    }
+    if (id != NULL) {
+        *id = res.id;
+    }
+    return HSBUS_OK;
+}
+
+HSBUS_API hsbus_err hsbus_send(hsbus_client *client, const hsbus_msg *msg, uint64_t *id)
+{
+    if (client == NULL || msg == NULL) {
+        return HSBUS_EINVAL;
+    }
+    return hsbus_send_one(client, msg, id);
+}
+
+HSBUS_API hsbus_err hsbus_send_batch(hsbus_client *client, const hsbus_msg *msgs, size_t n,
+                                     hsbus_result *results)
+{
+    hsb_envelope *envs;
+    hsbus_err err;
+
+    if (client == NULL || msgs == NULL || results == NULL || n == 0 || n > HSB_BATCH_MAX) {
+        return HSBUS_EINVAL;
+    }
+    envs = malloc(n * sizeof(*envs));
+    if (envs == NULL) {
+        return hsbus_fail(client, HSBUS_ENOMEM, "no memory for %zu envelopes", n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        hsbus_env_from_msg(&envs[i], &msgs[i]);
+    }
+    err = hsbus_send_envs(client, envs, n, results);
+    free(envs);
+    return err;
+}
+
+HSBUS_API hsbus_err hsbus_reply(hsbus_client *client, const hsbus_msg *req, const void *body,
+                                size_t len)
+{
+    hsbus_msg m;
+
+    if (client == NULL || req == NULL || req->id == 0 || (body == NULL && len > 0)) {
+        return HSBUS_EINVAL;
+    }
+    hsbus_msg_init(&m);
+    m.corr = req->id;
+    hsbus_copy_name(m.to, sizeof(m.to), req->from, sizeof(req->from));
+    m.prio = req->prio;
+    m.body = (uint8_t *)body; /* only read; m is never cleared */
+    m.body_len = len;
+    return hsbus_send_one(client, &m, NULL);
+}
+
+/* hsbus_sys_error reads {err, msg} from a sys.error body into an error code and its text. */
+static hsbus_err hsbus_sys_error(hsbus_client *c, const hsbus_msg *m)
+{
+    msgpack_unpacked up;
+    hsbus_err err = HSBUS_EINTERNAL;
+    char text[HSB_REASON_MAX + 1] = "";
+    size_t off = 0;
+
+    msgpack_unpacked_init(&up);
+    if (m->body != NULL &&
+        msgpack_unpack_next(&up, (const char *)m->body, m->body_len, &off) ==
+            MSGPACK_UNPACK_SUCCESS &&
+        up.data.type == MSGPACK_OBJECT_MAP) {
+        for (uint32_t i = 0; i < up.data.via.map.size; i++) {
+            const msgpack_object_kv *kv = &up.data.via.map.ptr[i];
+            if (kv->key.type != MSGPACK_OBJECT_STR || kv->val.type != MSGPACK_OBJECT_STR) {
+                continue;
+            }
+            if (kv->key.via.str.size == 3 && memcmp(kv->key.via.str.ptr, "err", 3) == 0) {
+                err = (hsbus_err)hsb_err_from_wire(kv->val.via.str.ptr, kv->val.via.str.size);
+            } else if (kv->key.via.str.size == 3 && memcmp(kv->key.via.str.ptr, "msg", 3) == 0) {
+                int len = kv->val.via.str.size < sizeof(text) - 1 ? (int)kv->val.via.str.size
+                                                                  : (int)sizeof(text) - 1;
+                snprintf(text, sizeof(text), "%.*s", len, kv->val.via.str.ptr);
+            }
+        }
+    }
+    msgpack_unpacked_destroy(&up);
+    if (err == HSBUS_OK) {
+        err = HSBUS_EINTERNAL;
+    }
+    return hsbus_fail(c, err, "%s", text[0] != '\0' ? text : hsbus_strerror(err));
+}
+
+HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, int timeout_ms,
+                                  hsbus_msg **reply)
+{
+    hsbus_client *c = client;
+    hsbus_waiter w;
+    hsbus_msg req;
+    hsbus_node *n, *prev;
+    struct timespec until;
+    hsbus_err err;
+    uint64_t id = 0;
+    int64_t deadline;
+
+    if (reply != NULL) {
+        *reply = NULL;
+    }
+    if (c == NULL || msg == NULL || reply == NULL) {
+        return HSBUS_EINVAL;
+    }
+    if (timeout_ms <= 0) {
+        timeout_ms = c->timeout_ms;
+    }
+    deadline = hsbus_now_ms() + timeout_ms;
+    err = hsbus_start(c, 1);
+    if (err != HSBUS_OK) {
+        return err;
+    }
+    req = *msg; /* shallow: the body stays the caller's and is only read */
+    if (req.ttl_ms == 0) {
+        req.ttl_ms = (uint32_t)timeout_ms;
+    }
+
+    pthread_mutex_lock(&c->mtx);
+    c->sending++;
+    pthread_cond_broadcast(&c->queue_cv); /* a receiver paused on a full queue must fetch */
+    pthread_mutex_unlock(&c->mtx);
+    err = hsbus_send_one(c, &req, &id);
+
+    memset(&w, 0, sizeof(w));
+    w.id = id;
+    pthread_cond_init(&w.cv, &c->cattr);
+    pthread_mutex_lock(&c->mtx);
+    c->sending--;
+    if (err != HSBUS_OK) {
+        pthread_cond_broadcast(&c->queue_cv);
+        pthread_mutex_unlock(&c->mtx);
+        goto out;
+    }
+    /* The reply may have overtaken the send's answer: look in the orphans first. */
+    prev = NULL;
+    for (n = c->orphans.head; n != NULL; prev = n, n = n->next) {
+        if (n->msg->corr == id) {
+            break;
+        }
+    }
+    if (n != NULL) {
+        if (prev != NULL) {
+            prev->next = n->next;
+        } else {
+            c->orphans.head = n->next;
+        }
+        if (c->orphans.tail == n) {
+            c->orphans.tail = prev;
+        }
+        c->orphans.len--;
+        w.reply = n->msg;
+        free(n);
+        if (w.reply->id != 0) {
+            (void)hsbus_add_ack_locked(c, w.reply->id);
+        }
+    } else {
+        w.next = c->waiters;
+        c->waiters = &w;
+        until = hsbus_abstime(deadline);
+        while (w.reply == NULL && !c->closing && !c->lost) {
+            if (pthread_cond_timedwait(&w.cv, &c->mtx, &until) == ETIMEDOUT) {
+                break;
+            }
+        }
+        for (hsbus_waiter **pp = &c->waiters; *pp != NULL; pp = &(*pp)->next) {
+            if (*pp == &w) {
+                *pp = w.next;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&c->mtx);
+
+    if (w.reply == NULL) {
+        err = c->closing || c->lost
+                  ? hsbus_fail(c, HSBUS_ECLOSED, "closed while waiting")
+                  : hsbus_fail(c, HSBUS_ETIMEDOUT, "no reply to message %llu in %d ms",
+                               (unsigned long long)id, timeout_ms);
+    } else if (strcmp(w.reply->type, "sys.error") == 0) {
+        err = hsbus_sys_error(c, w.reply);
+        hsbus_msg_free(&w.reply);
+    } else {
+        *reply = w.reply;
+    }
+out:
+    pthread_cond_destroy(&w.cv);
+    return err;
+}
+
+/* ---- fetching ---------------------------------------------------------------------------- */
+
+/* hsbus_take_queued moves up to max queued messages into msgs; returns how many. */
+static size_t hsbus_take_queued_locked(hsbus_client *c, size_t max, hsbus_msg **msgs)
+{
+    size_t got = 0;
+    hsbus_node *n;
+
+    while (got < max && (n = hsbus_list_pop(&c->queue)) != NULL) {
+        msgs[got++] = n->msg;
+        free(n);
+    }
+    if (got > 0) {
+        pthread_cond_broadcast(&c->queue_cv); /* room for the receivers */
+    }
+    return got;
+}
+
+HSBUS_API hsbus_err hsbus_fetch(hsbus_client *client, size_t max, int wait_ms, hsbus_msg **msgs,
+                                size_t *n)
+{
+    hsbus_client *c = client;
+    hsbus_msg **got = NULL;
+    size_t n_got = 0;
+    hsbus_slot *s;
+    struct timespec until;
+    hsbus_err err = HSBUS_OK;
+    bool direct;
+
+    if (n != NULL) {
+        *n = 0;
+    }
+    if (c == NULL || msgs == NULL || n == NULL || max == 0 || max > HSB_BATCH_MAX || wait_ms < 0 ||
+        wait_ms > HSBUS_WAIT_MAX_MS) {
+        return HSBUS_EINVAL;
+    }
+    pthread_mutex_lock(&c->mtx);
+    if (c->handler != NULL && c->n_recvs > 0) {
+        pthread_mutex_unlock(&c->mtx);
+        return hsbus_fail(c, HSBUS_EINVAL, "a handler receives this client's messages");
+    }
+    *n = hsbus_take_queued_locked(c, max, msgs);
+    direct = c->n_recvs == 0;
+    if (*n == 0 && !direct) {
+        until = hsbus_abstime(hsbus_now_ms() + wait_ms);
+        while (c->queue.len == 0 && !c->closing && !c->lost) {
+            if (pthread_cond_timedwait(&c->queue_cv, &c->mtx, &until) == ETIMEDOUT) {
+                break;
+            }
+        }
+        *n = hsbus_take_queued_locked(c, max, msgs);
+        if (*n == 0 && (c->closing || c->lost)) {
+            err = HSBUS_ECLOSED;
+        }
+    }
+    pthread_mutex_unlock(&c->mtx);
+    if (err != HSBUS_OK) {
+        return hsbus_fail(c, err, "client closed or connection lost");
+    }
+    if (*n > 0 || !direct) {
+        return HSBUS_OK;
+    }
+
+    /* No receiver thread: fetch ourselves, carrying the pending acks. */
+    err = hsbus_slot_get(c, &s);
+    if (err != HSBUS_OK) {
+        return err;
+    }
+    err = hsbus_do_fetch(c, s, (uint32_t)max, (uint32_t)wait_ms, &got, &n_got);
+    hsbus_slot_put(c, s);
+    if (err != HSBUS_OK) {
+        return err;
+    }
+    for (size_t i = 0; i < n_got; i++) {
+        hsbus_route r;
+
+        pthread_mutex_lock(&c->mtx);
+        r = hsbus_route_reply_locked(c, got[i], true);
+        pthread_mutex_unlock(&c->mtx);
+        if (r == HSBUS_ROUTE_USER) {
+            msgs[(*n)++] = got[i];
+        }
+    }
+    free(got);
+    return HSBUS_OK;
+}
+
+HSBUS_API hsbus_err hsbus_flush_acks(hsbus_client *client)
+{
+    hsbus_msg **got = NULL;
+    size_t n_got = 0;
+    hsbus_slot *s;
+    hsbus_err err;
+
+    if (client == NULL) {
+        return HSBUS_EINVAL;
+    }
+    pthread_mutex_lock(&client->mtx);
+    if (client->n_acks == 0 && client->n_nacks == 0) {
+        pthread_mutex_unlock(&client->mtx);
+        return HSBUS_OK;
+    }
+    pthread_mutex_unlock(&client->mtx);
+    err = hsbus_slot_get(client, &s);
+    if (err != HSBUS_OK) {
+        return err;
+    }
+    err = hsbus_do_fetch(client, s, 1, 0, &got, &n_got);
+    hsbus_slot_put(client, s);
+    if (err == HSBUS_OK) {
+        /* Whatever came back is queued (never handled on this thread). */
+        hsbus_dispatch(client, got, n_got, false);
+    }
+    return err;
+}
