@@ -1,2 +1,1191 @@
-/* placeholder: being written */
-#include "proto/codec.h"
+/*
+ * proto/codec.c - the decoder's machinery and the envelope codec.
+ *
+ * Decoding runs in three steps:
+ *   1. proto_scan walks the raw bytes once without building anything. It proves that the input is
+ *      one complete msgpack value with nothing after it, that nesting stays within msgpack-c's own
+ *      stack (32), and that every declared array or map size is backed by input bytes. The last
+ *      point matters: msgpack-c allocates a container's elements from its declared size before
+ *      reading them, so five bytes (dd ff ff ff ff) would otherwise ask for 96 GiB.
+ *   2. msgpack_unpack builds the object tree in the decoder's zone. Strings, bins and exts in the
+ *      tree still point into the caller's buffer (msgpack-c's C unpacker does not copy them).
+ *   3. The per-message walk (here and in codec_agent.c, codec_ctl.c) checks every key and value
+ *      and copies what it keeps into the zone: names into fixed arrays, lists into zone arrays,
+ *      each body re-encoded once into a zone block whose size was measured while validating it.
+ * After a decode nothing refers to the input any more.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "proto/codec_int.h"
+
+/* First zone chunk; msgpack_zone_clear keeps it, so typical decodes allocate nothing. */
+#define PROTO_ZONE_CHUNK (64u * 1024)
+
+/* Longest map key copied into an error text. */
+#define PROTO_PATH_KEY_MAX 32
+
+static const char *const proto_key_names[PROTO_K_COUNT] = {
+    [PROTO_K_OP] = "op",
+    [PROTO_K_V] = "v",
+    [PROTO_K_AGENT] = "agent",
+    [PROTO_K_TOKEN] = "token",
+    [PROTO_K_HANDLES] = "handles",
+    [PROTO_K_SUBSCRIBES] = "subscribes",
+    [PROTO_K_MSGS] = "msgs",
+    [PROTO_K_MAX] = "max",
+    [PROTO_K_WAIT_MS] = "wait_ms",
+    [PROTO_K_ACKS] = "acks",
+    [PROTO_K_NACKS] = "nacks",
+    [PROTO_K_ID] = "id",
+    [PROTO_K_REASON] = "reason",
+    [PROTO_K_CID] = "cid",
+    [PROTO_K_FROM] = "from",
+    [PROTO_K_TO] = "to",
+    [PROTO_K_TYPE] = "type",
+    [PROTO_K_TOPIC] = "topic",
+    [PROTO_K_PRIO] = "prio",
+    [PROTO_K_TTL_MS] = "ttl_ms",
+    [PROTO_K_DEADLINE] = "deadline",
+    [PROTO_K_BATCH] = "batch",
+    [PROTO_K_CORR] = "corr",
+    [PROTO_K_DURABLE] = "durable",
+    [PROTO_K_BODY] = "body",
+    [PROTO_K_DELIVERIES] = "deliveries",
+    [PROTO_K_OK] = "ok",
+    [PROTO_K_ERR] = "err",
+    [PROTO_K_MSG] = "msg",
+    [PROTO_K_SESSION] = "session",
+    [PROTO_K_LIMITS] = "limits",
+    [PROTO_K_MAX_BODY] = "max_body",
+    [PROTO_K_MAX_BATCH] = "max_batch",
+    [PROTO_K_RESULTS] = "results",
+    [PROTO_K_CMD] = "cmd",
+    [PROTO_K_ARGS] = "args",
+    [PROTO_K_DATA] = "data",
+};
+
+_Static_assert(PROTO_K_COUNT <= 64, "key sets are 64-bit masks");
+
+const char *proto_key_name(proto_key k)
+{
+    if ((unsigned)k >= PROTO_K_COUNT) {
+        return "?";
+    }
+    return proto_key_names[k];
+}
+
+static inline bool proto_is(const char *s, const char *lit, size_t n)
+{
+    return memcmp(s, lit, n) == 0;
+}
+
+/* proto_key_lookup maps a key to its id: a switch on the length, then at most a few memcmps. */
+static proto_key proto_key_lookup(const char *s, uint32_t len)
+{
+    switch (len) {
+    case 1:
+        return s[0] == 'v' ? PROTO_K_V : PROTO_K_UNKNOWN;
+    case 2:
+        if (proto_is(s, "to", 2)) {
+            return PROTO_K_TO;
+        }
+        if (proto_is(s, "id", 2)) {
+            return PROTO_K_ID;
+        }
+        if (proto_is(s, "op", 2)) {
+            return PROTO_K_OP;
+        }
+        if (proto_is(s, "ok", 2)) {
+            return PROTO_K_OK;
+        }
+        break;
+    case 3:
+        if (proto_is(s, "cid", 3)) {
+            return PROTO_K_CID;
+        }
+        if (proto_is(s, "max", 3)) {
+            return PROTO_K_MAX;
+        }
+        if (proto_is(s, "err", 3)) {
+            return PROTO_K_ERR;
+        }
+        if (proto_is(s, "msg", 3)) {
+            return PROTO_K_MSG;
+        }
+        if (proto_is(s, "cmd", 3)) {
+            return PROTO_K_CMD;
+        }
+        break;
+    case 4:
+        switch (s[0]) {
+        case 't':
+            return proto_is(s, "type", 4) ? PROTO_K_TYPE : PROTO_K_UNKNOWN;
+        case 'p':
+            return proto_is(s, "prio", 4) ? PROTO_K_PRIO : PROTO_K_UNKNOWN;
+        case 'b':
+            return proto_is(s, "body", 4) ? PROTO_K_BODY : PROTO_K_UNKNOWN;
+        case 'c':
+            return proto_is(s, "corr", 4) ? PROTO_K_CORR : PROTO_K_UNKNOWN;
+        case 'f':
+            return proto_is(s, "from", 4) ? PROTO_K_FROM : PROTO_K_UNKNOWN;
+        case 'm':
+            return proto_is(s, "msgs", 4) ? PROTO_K_MSGS : PROTO_K_UNKNOWN;
+        case 'd':
+            return proto_is(s, "data", 4) ? PROTO_K_DATA : PROTO_K_UNKNOWN;
+        case 'a':
+            if (proto_is(s, "acks", 4)) {
+                return PROTO_K_ACKS;
+            }
+            return proto_is(s, "args", 4) ? PROTO_K_ARGS : PROTO_K_UNKNOWN;
+        default:
+            break;
+        }
+        break;
+    case 5:
+        switch (s[0]) {
+        case 't':
+            if (proto_is(s, "topic", 5)) {
+                return PROTO_K_TOPIC;
+            }
+            return proto_is(s, "token", 5) ? PROTO_K_TOKEN : PROTO_K_UNKNOWN;
+        case 'b':
+            return proto_is(s, "batch", 5) ? PROTO_K_BATCH : PROTO_K_UNKNOWN;
+        case 'a':
+            return proto_is(s, "agent", 5) ? PROTO_K_AGENT : PROTO_K_UNKNOWN;
+        case 'n':
+            return proto_is(s, "nacks", 5) ? PROTO_K_NACKS : PROTO_K_UNKNOWN;
+        default:
+            break;
+        }
+        break;
+    case 6:
+        if (proto_is(s, "ttl_ms", 6)) {
+            return PROTO_K_TTL_MS;
+        }
+        if (proto_is(s, "reason", 6)) {
+            return PROTO_K_REASON;
+        }
+        if (proto_is(s, "limits", 6)) {
+            return PROTO_K_LIMITS;
+        }
+        break;
+    case 7:
+        switch (s[0]) {
+        case 'd':
+            return proto_is(s, "durable", 7) ? PROTO_K_DURABLE : PROTO_K_UNKNOWN;
+        case 'h':
+            return proto_is(s, "handles", 7) ? PROTO_K_HANDLES : PROTO_K_UNKNOWN;
+        case 'w':
+            return proto_is(s, "wait_ms", 7) ? PROTO_K_WAIT_MS : PROTO_K_UNKNOWN;
+        case 's':
+            return proto_is(s, "session", 7) ? PROTO_K_SESSION : PROTO_K_UNKNOWN;
+        case 'r':
+            return proto_is(s, "results", 7) ? PROTO_K_RESULTS : PROTO_K_UNKNOWN;
+        default:
+            break;
+        }
+        break;
+    case 8:
+        if (proto_is(s, "deadline", 8)) {
+            return PROTO_K_DEADLINE;
+        }
+        if (proto_is(s, "max_body", 8)) {
+            return PROTO_K_MAX_BODY;
+        }
+        break;
+    case 9:
+        return proto_is(s, "max_batch", 9) ? PROTO_K_MAX_BATCH : PROTO_K_UNKNOWN;
+    case 10:
+        if (proto_is(s, "deliveries", 10)) {
+            return PROTO_K_DELIVERIES;
+        }
+        if (proto_is(s, "subscribes", 10)) {
+            return PROTO_K_SUBSCRIBES;
+        }
+        break;
+    default:
+        break;
+    }
+    return PROTO_K_UNKNOWN;
+}
+
+/* ---- decoder lifecycle ------------------------------------------------------------------- */
+
+hsb_err hsb_dec_init(hsb_dec *dec)
+{
+    memset(dec, 0, sizeof(*dec));
+    if (!msgpack_zone_init(&dec->zone, PROTO_ZONE_CHUNK)) {
+        return HSB_ENOMEM;
+    }
+    dec->max_body = HSB_BODY_MAX;
+    dec->max_batch = HSB_BATCH_MAX;
+    return HSB_OK;
+}
+
+void hsb_dec_fini(hsb_dec *dec)
+{
+    msgpack_zone_destroy(&dec->zone);
+    memset(dec, 0, sizeof(*dec));
+}
+
+void hsb_dec_reset(hsb_dec *dec)
+{
+    msgpack_zone_clear(&dec->zone);
+    dec->err = HSB_OK;
+    dec->errmsg[0] = '\0';
+}
+
+const char *hsb_dec_errmsg(const hsb_dec *dec)
+{
+    return dec->errmsg;
+}
+
+const char *hsb_op_name(hsb_op op)
+{
+    switch (op) {
+    case HSB_OP_HELLO:
+        return "hello";
+    case HSB_OP_SEND:
+        return "send";
+    case HSB_OP_FETCH:
+        return "fetch";
+    case HSB_OP_BYE:
+        return "bye";
+    }
+    return "?";
+}
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+size_t proto_utf8_cut(const char *s, size_t len, size_t max)
+{
+    size_t n;
+
+    if (len <= max) {
+        return len;
+    }
+    n = max;
+    /* Step back over continuation bytes so that the cut falls before a lead byte. */
+    while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80) {
+        n--;
+    }
+    return n;
+}
+
+static void proto_put(char *buf, size_t cap, size_t *n, const char *s, size_t len)
+{
+    if (*n + 1 >= cap) {
+        return;
+    }
+    if (len > cap - 1 - *n) {
+        len = cap - 1 - *n;
+    }
+    memcpy(buf + *n, s, len);
+    *n += len;
+    buf[*n] = '\0';
+}
+
+static void proto_put_path(char *buf, size_t cap, size_t *n, const proto_path *at)
+{
+    char idx[24];
+
+    if (at == NULL) {
+        return;
+    }
+    proto_put_path(buf, cap, n, at->up);
+    if (at->key != NULL) {
+        if (*n > 0) {
+            proto_put(buf, cap, n, ".", 1);
+        }
+        proto_put(buf, cap, n, at->key, proto_utf8_cut(at->key, at->keylen, PROTO_PATH_KEY_MAX));
+    } else {
+        int k = snprintf(idx, sizeof(idx), "[%zu]", at->idx);
+        proto_put(buf, cap, n, idx, (size_t)k);
+    }
+}
+
+hsb_err proto_fail(hsb_dec *dec, hsb_err err, const proto_path *at, proto_key key, const char *fmt,
+                   ...)
+{
+    size_t n = 0;
+    size_t len;
+    va_list ap;
+
+    dec->errmsg[0] = '\0';
+    proto_put_path(dec->errmsg, sizeof(dec->errmsg), &n, at);
+    if (key != PROTO_K_UNKNOWN) {
+        if (n > 0) {
+            proto_put(dec->errmsg, sizeof(dec->errmsg), &n, ".", 1);
+        }
+        proto_put(dec->errmsg, sizeof(dec->errmsg), &n, proto_key_name(key),
+                  strlen(proto_key_name(key)));
+    }
+    if (n == 0) {
+        proto_put(dec->errmsg, sizeof(dec->errmsg), &n, "message", 7);
+    }
+    proto_put(dec->errmsg, sizeof(dec->errmsg), &n, ": ", 2);
+    if (n + 1 < sizeof(dec->errmsg)) {
+        va_start(ap, fmt);
+        vsnprintf(dec->errmsg + n, sizeof(dec->errmsg) - n, fmt, ap);
+        va_end(ap);
+    }
+    /* The text may go on the wire: never end it inside a UTF-8 sequence. */
+    len = strlen(dec->errmsg);
+    if (len == sizeof(dec->errmsg) - 1) {
+        dec->errmsg[proto_utf8_cut(dec->errmsg, len, len - 1)] = '\0';
+    }
+    dec->err = err;
+    return err;
+}
+
+void *proto_zone_alloc(hsb_dec *dec, size_t n)
+{
+    void *p = msgpack_zone_malloc(&dec->zone, n == 0 ? 1 : n);
+    if (p == NULL) {
+        proto_fail(dec, HSB_ENOMEM, NULL, PROTO_K_UNKNOWN, "out of memory");
+    }
+    return p;
+}
+
+/* ---- structural scan --------------------------------------------------------------------- */
+
+static inline uint64_t proto_be(const uint8_t *p, size_t n)
+{
+    uint64_t v = 0;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        v = (v << 8) | p[i];
+    }
+    return v;
+}
+
+/*
+ * proto_scan checks that p[0..len) is exactly one complete msgpack value (see the file comment).
+ * It allocates nothing and touches each header byte once; payloads are skipped, not read.
+ */
+static hsb_err proto_scan(hsb_dec *dec, const uint8_t *p, size_t len)
+{
+    uint64_t left[PROTO_SCAN_DEPTH_MAX + 1]; /* values still to read at each open level */
+    int top = 0;
+    size_t pos = 0;
+
+    left[0] = 1;
+    for (;;) {
+        uint8_t c;
+        size_t lenbytes = 0; /* bytes of a length field that follows the type byte */
+        size_t skip = 0;     /* fixed payload bytes */
+        uint64_t items = 0;  /* values inside a container */
+        bool container = false;
+
+        while (top >= 0 && left[top] == 0) {
+            top--;
+        }
+        if (top < 0) {
+            break;
+        }
+        left[top]--;
+        if (pos >= len) {
+            return proto_fail(dec, HSB_ETRUNC, NULL, PROTO_K_UNKNOWN, "truncated at byte %zu", pos);
+        }
+        c = p[pos++];
+        if (c <= 0x7f || c >= 0xe0) {
+            continue; /* fixint */
+        } else if (c <= 0x8f) {
+            items = 2u * (c & 0x0fu);
+            container = true;
+        } else if (c <= 0x9f) {
+            items = c & 0x0fu;
+            container = true;
+        } else if (c <= 0xbf) {
+            skip = c & 0x1fu;
+        } else {
+            switch (c) {
+            case 0xc0: /* nil */
+            case 0xc2: /* false */
+            case 0xc3: /* true */
+                break;
+            case 0xc4: /* bin 8, 16, 32 */
+            case 0xd9: /* str 8, 16, 32 */
+                lenbytes = 1;
+                break;
+            case 0xc5:
+            case 0xda:
+                lenbytes = 2;
+                break;
+            case 0xc6:
+            case 0xdb:
+                lenbytes = 4;
+                break;
+            case 0xc7: /* ext 8, 16, 32: length, then the type byte */
+                lenbytes = 1;
+                skip = 1;
+                break;
+            case 0xc8:
+                lenbytes = 2;
+                skip = 1;
+                break;
+            case 0xc9:
+                lenbytes = 4;
+                skip = 1;
+                break;
+            case 0xcc: /* uint 8 */
+            case 0xd0: /* int 8 */
+                skip = 1;
+                break;
+            case 0xcd:
+            case 0xd1:
+                skip = 2;
+                break;
+            case 0xca: /* float 32 */
+            case 0xce:
+            case 0xd2:
+                skip = 4;
+                break;
+            case 0xcb: /* float 64 */
+            case 0xcf:
+            case 0xd3:
+                skip = 8;
+                break;
+            case 0xd4: /* fixext 1, 2, 4, 8, 16: type byte + data */
+                skip = 2;
+                break;
+            case 0xd5:
+                skip = 3;
+                break;
+            case 0xd6:
+                skip = 5;
+                break;
+            case 0xd7:
+                skip = 9;
+                break;
+            case 0xd8:
+                skip = 17;
+                break;
+            case 0xdc: /* array 16, 32 */
+            case 0xde: /* map 16, 32 */
+                lenbytes = 2;
+                container = true;
+                break;
+            case 0xdd:
+            case 0xdf:
+                lenbytes = 4;
+                container = true;
+                break;
+            default: /* 0xc1 is never used */
+                return proto_fail(dec, HSB_EBADMSG, NULL, PROTO_K_UNKNOWN,
+                                  "invalid type byte 0x%02x at byte %zu", c, pos - 1);
+            }
+        }
+        if (lenbytes > 0) {
+            uint64_t n;
+            if (len - pos < lenbytes) {
+                return proto_fail(dec, HSB_ETRUNC, NULL, PROTO_K_UNKNOWN, "truncated at byte %zu",
+                                  len);
+            }
+            n = proto_be(p + pos, lenbytes);
+            pos += lenbytes;
+            if (container) {
+                items = (c == 0xde || c == 0xdf) ? 2 * n : n;
+            } else {
+                skip += n;
+            }
+        }
+        if (container) {
+            if (items == 0) {
+                continue;
+            }
+            /* Every value takes at least one byte: a larger count cannot be backed by input. */
+            if (items > len - pos) {
+                return proto_fail(dec, HSB_ETRUNC, NULL, PROTO_K_UNKNOWN,
+                                  "container at byte %zu declares %llu values, input ends first",
+                                  pos, (unsigned long long)items);
+            }
+            if (top + 1 > PROTO_SCAN_DEPTH_MAX) {
+                return proto_fail(dec, HSB_EDEPTH, NULL, PROTO_K_UNKNOWN, "nesting deeper than %d",
+                                  PROTO_SCAN_DEPTH_MAX);
+            }
+            left[++top] = items;
+            continue;
+        }
+        if (skip > len - pos) {
+            return proto_fail(dec, HSB_ETRUNC, NULL, PROTO_K_UNKNOWN, "truncated at byte %zu", len);
+        }
+        pos += skip;
+    }
+    if (pos < len) {
+        return proto_fail(dec, HSB_ETRAILING, NULL, PROTO_K_UNKNOWN, "%zu bytes follow the message",
+                          len - pos);
+    }
+    return HSB_OK;
+}
+
+hsb_err proto_unpack(hsb_dec *dec, const void *buf, size_t len, msgpack_object *root)
+{
+    size_t off = 0;
+    msgpack_unpack_return rc;
+    hsb_err err;
+
+    hsb_dec_reset(dec);
+    root->type = MSGPACK_OBJECT_NIL;
+    if (buf == NULL || len == 0) {
+        return proto_fail(dec, HSB_ETRUNC, NULL, PROTO_K_UNKNOWN, "empty input");
+    }
+    err = proto_scan(dec, buf, len);
+    if (err != HSB_OK) {
+        return err;
+    }
+    rc = msgpack_unpack(buf, len, &off, &dec->zone, root);
+    switch (rc) {
+    case MSGPACK_UNPACK_SUCCESS:
+        break;
+    case MSGPACK_UNPACK_EXTRA_BYTES:
+        return proto_fail(dec, HSB_ETRAILING, NULL, PROTO_K_UNKNOWN, "%zu bytes follow the message",
+                          len - off);
+    case MSGPACK_UNPACK_CONTINUE:
+        return proto_fail(dec, HSB_ETRUNC, NULL, PROTO_K_UNKNOWN, "truncated");
+    case MSGPACK_UNPACK_NOMEM_ERROR:
+        /* msgpack-c also reports nesting over 32 this way, but the scan has already refused
+         * that, so here it is a real allocation failure. */
+        return proto_fail(dec, HSB_ENOMEM, NULL, PROTO_K_UNKNOWN, "out of memory");
+    case MSGPACK_UNPACK_PARSE_ERROR:
+    default:
+        return proto_fail(dec, HSB_EBADMSG, NULL, PROTO_K_UNKNOWN, "not valid msgpack");
+    }
+    if (root->type != MSGPACK_OBJECT_MAP) {
+        return proto_fail(dec, HSB_EBADMSG, NULL, PROTO_K_UNKNOWN, "must be a map");
+    }
+    return HSB_OK;
+}
+
+/* ---- generic values ---------------------------------------------------------------------- */
+
+static inline size_t proto_uint_size(uint64_t u)
+{
+    if (u < 128) {
+        return 1;
+    }
+    if (u < 256) {
+        return 2;
+    }
+    if (u < 65536) {
+        return 3;
+    }
+    return u <= UINT32_MAX ? 5 : 9;
+}
+
+static inline size_t proto_neg_size(int64_t i)
+{
+    if (i >= -32) {
+        return 1;
+    }
+    if (i >= -128) {
+        return 2;
+    }
+    if (i >= -32768) {
+        return 3;
+    }
+    return i >= INT32_MIN ? 5 : 9;
+}
+
+static inline size_t proto_hdr_size(uint32_t n)
+{
+    return n < 65536 ? 3 : 5; /* 16- or 32-bit length field; the caller handles the short forms */
+}
+
+hsb_err proto_check_any(hsb_dec *dec, const proto_path *at, const msgpack_object *o, int depth,
+                        size_t *size)
+{
+    size_t sz = 0;
+    size_t csz = 0;
+    uint32_t i, n;
+    hsb_err err;
+
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
+    case MSGPACK_OBJECT_BOOLEAN:
+        sz = 1;
+        break;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        sz = proto_uint_size(o->via.u64);
+        break;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        sz = proto_neg_size(o->via.i64);
+        break;
+    case MSGPACK_OBJECT_FLOAT32:
+        sz = 5;
+        break;
+    case MSGPACK_OBJECT_FLOAT64:
+        sz = 9;
+        break;
+    case MSGPACK_OBJECT_STR:
+        n = o->via.str.size;
+        if (!hsb_utf8_valid(o->via.str.ptr, n)) {
+            return proto_fail(dec, HSB_EUTF8, at, PROTO_K_UNKNOWN, "string is not valid UTF-8");
+        }
+        sz = (n < 32 ? 1 : n < 256 ? 2 : proto_hdr_size(n)) + n;
+        break;
+    case MSGPACK_OBJECT_BIN:
+        n = o->via.bin.size;
+        sz = (n < 256 ? 2 : proto_hdr_size(n)) + n;
+        break;
+    case MSGPACK_OBJECT_EXT:
+        n = o->via.ext.size;
+        if (n == 1 || n == 2 || n == 4 || n == 8 || n == 16) {
+            sz = 2 + n;
+        } else {
+            sz = (n < 256 ? 3 : n < 65536 ? 4 : 6) + n;
+        }
+        break;
+    case MSGPACK_OBJECT_ARRAY:
+        if (depth > HSB_DEPTH_MAX) {
+            return proto_fail(dec, HSB_EDEPTH, at, PROTO_K_UNKNOWN, "nesting deeper than %d",
+                              HSB_DEPTH_MAX);
+        }
+        n = o->via.array.size;
+        sz = n < 16 ? 1 : proto_hdr_size(n);
+        for (i = 0; i < n; i++) {
+            proto_path p = {at, NULL, 0, i};
+            err = proto_check_any(dec, &p, &o->via.array.ptr[i], depth + 1, &csz);
+            if (err != HSB_OK) {
+                return err;
+            }
+            sz += csz;
+        }
+        break;
+    case MSGPACK_OBJECT_MAP:
+        if (depth > HSB_DEPTH_MAX) {
+            return proto_fail(dec, HSB_EDEPTH, at, PROTO_K_UNKNOWN, "nesting deeper than %d",
+                              HSB_DEPTH_MAX);
+        }
+        n = o->via.map.size;
+        sz = n < 16 ? 1 : proto_hdr_size(n);
+        for (i = 0; i < n; i++) {
+            const msgpack_object_kv *kv = &o->via.map.ptr[i];
+            proto_path p = {at, "?", 1, 0};
+            if (kv->key.type == MSGPACK_OBJECT_STR) {
+                p.key = kv->key.via.str.ptr;
+                p.keylen = kv->key.via.str.size;
+                if (!hsb_utf8_valid(p.key, p.keylen)) {
+                    return proto_fail(dec, HSB_EUTF8, at, PROTO_K_UNKNOWN,
+                                      "map key is not valid UTF-8");
+                }
+                csz = (p.keylen < 32    ? 1
+                       : p.keylen < 256 ? 2
+                                        : proto_hdr_size(p.keylen)) +
+                      p.keylen;
+            } else {
+                p.key = "?";
+                err = proto_check_any(dec, &p, &kv->key, depth + 1, &csz);
+                if (err != HSB_OK) {
+                    return err;
+                }
+            }
+            sz += csz;
+            err = proto_check_any(dec, &p, &kv->val, depth + 1, &csz);
+            if (err != HSB_OK) {
+                return err;
+            }
+            sz += csz;
+        }
+        break;
+    default:
+        return proto_fail(dec, HSB_EBADMSG, at, PROTO_K_UNKNOWN, "unknown msgpack type");
+    }
+    if (size != NULL) {
+        *size = sz;
+    }
+    return HSB_OK;
+}
+
+int proto_pack_any(msgpack_packer *pk, const msgpack_object *o)
+{
+    uint32_t i;
+    int rc = 0;
+
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
+        return msgpack_pack_nil(pk);
+    case MSGPACK_OBJECT_BOOLEAN:
+        return o->via.boolean ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        return msgpack_pack_uint64(pk, o->via.u64);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        return msgpack_pack_int64(pk, o->via.i64);
+    case MSGPACK_OBJECT_FLOAT32:
+        return msgpack_pack_float(pk, (float)o->via.f64);
+    case MSGPACK_OBJECT_FLOAT64:
+        return msgpack_pack_double(pk, o->via.f64);
+    case MSGPACK_OBJECT_STR:
+        return msgpack_pack_str_with_body(pk, o->via.str.ptr, o->via.str.size);
+    case MSGPACK_OBJECT_BIN:
+        return msgpack_pack_bin_with_body(pk, o->via.bin.ptr, o->via.bin.size);
+    case MSGPACK_OBJECT_EXT:
+        return msgpack_pack_ext_with_body(pk, o->via.ext.ptr, o->via.ext.size, o->via.ext.type);
+    case MSGPACK_OBJECT_ARRAY:
+        rc |= msgpack_pack_array(pk, o->via.array.size);
+        for (i = 0; i < o->via.array.size && rc == 0; i++) {
+            rc |= proto_pack_any(pk, &o->via.array.ptr[i]);
+        }
+        return rc;
+    case MSGPACK_OBJECT_MAP:
+        rc |= msgpack_pack_map(pk, o->via.map.size);
+        for (i = 0; i < o->via.map.size && rc == 0; i++) {
+            rc |= proto_pack_any(pk, &o->via.map.ptr[i].key);
+            rc |= proto_pack_any(pk, &o->via.map.ptr[i].val);
+        }
+        return rc;
+    default:
+        return -1;
+    }
+}
+
+/* ---- maps and typed values --------------------------------------------------------------- */
+
+hsb_err proto_collect(hsb_dec *dec, const proto_path *at, const msgpack_object *map, int depth,
+                      uint64_t wanted, const msgpack_object **slots)
+{
+    uint32_t i;
+    hsb_err err;
+
+    if (depth > HSB_DEPTH_MAX) {
+        return proto_fail(dec, HSB_EDEPTH, at, PROTO_K_UNKNOWN, "nesting deeper than %d",
+                          HSB_DEPTH_MAX);
+    }
+    for (i = 0; i < map->via.map.size; i++) {
+        const msgpack_object_kv *kv = &map->via.map.ptr[i];
+        proto_path p = {at, "?", 1, 0};
+
+        if (kv->key.type == MSGPACK_OBJECT_STR) {
+            proto_key k = proto_key_lookup(kv->key.via.str.ptr, kv->key.via.str.size);
+            if (k != PROTO_K_UNKNOWN && (wanted & PROTO_BIT(k)) != 0) {
+                if (slots[k] != NULL) {
+                    return proto_fail(dec, HSB_EBADMSG, at, k, "duplicate key");
+                }
+                slots[k] = &kv->val;
+                continue;
+            }
+            p.key = kv->key.via.str.ptr;
+            p.keylen = kv->key.via.str.size;
+            if (!hsb_utf8_valid(p.key, p.keylen)) {
+                return proto_fail(dec, HSB_EUTF8, at, PROTO_K_UNKNOWN,
+                                  "map key is not valid UTF-8");
+            }
+        } else {
+            err = proto_check_any(dec, &p, &kv->key, depth + 1, NULL);
+            if (err != HSB_OK) {
+                return err;
+            }
+        }
+        /* An unknown key: ignored, but its value must still be well-formed. */
+        err = proto_check_any(dec, &p, &kv->val, depth + 1, NULL);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    return HSB_OK;
+}
+
+hsb_err proto_get_uint(hsb_dec *dec, const proto_path *at, proto_key key, const msgpack_object *o,
+                       uint64_t max, uint64_t *out)
+{
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        if (o->via.u64 > max) {
+            return proto_fail(dec, HSB_ERANGE, at, key, "must be at most %llu",
+                              (unsigned long long)max);
+        }
+        *out = o->via.u64;
+        return HSB_OK;
+    }
+    if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+        return proto_fail(dec, HSB_ERANGE, at, key, "must not be negative");
+    }
+    return proto_fail(dec, HSB_ETYPE, at, key, "must be an unsigned integer");
+}
+
+hsb_err proto_get_bool(hsb_dec *dec, const proto_path *at, proto_key key, const msgpack_object *o,
+                       bool *out)
+{
+    if (o->type != MSGPACK_OBJECT_BOOLEAN) {
+        return proto_fail(dec, HSB_ETYPE, at, key, "must be a boolean");
+    }
+    *out = o->via.boolean;
+    return HSB_OK;
+}
+
+hsb_err proto_get_name(hsb_dec *dec, const proto_path *at, proto_key key, const msgpack_object *o,
+                       bool pattern, char *dst)
+{
+    const char *s;
+    uint32_t n;
+
+    if (o->type != MSGPACK_OBJECT_STR) {
+        return proto_fail(dec, HSB_ETYPE, at, key, "must be a string");
+    }
+    s = o->via.str.ptr;
+    n = o->via.str.size;
+    if (pattern ? !hsb_pattern_valid(s, n) : !hsb_name_valid(s, n)) {
+        if (!hsb_utf8_valid(s, n)) {
+            return proto_fail(dec, HSB_EUTF8, at, key, "string is not valid UTF-8");
+        }
+        return proto_fail(dec, HSB_EBADNAME, at, key,
+                          pattern ? "must match [a-z0-9._-]{1,64}, optionally followed by .*"
+                                  : "must match [a-z0-9._-]{1,64}");
+    }
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+    return HSB_OK;
+}
+
+static hsb_err proto_text(hsb_dec *dec, const proto_path *at, proto_key key,
+                          const msgpack_object *o, size_t minlen, size_t maxlen, bool truncate,
+                          size_t *outlen)
+{
+    size_t n;
+
+    if (o->type != MSGPACK_OBJECT_STR) {
+        return proto_fail(dec, HSB_ETYPE, at, key, "must be a string");
+    }
+    n = o->via.str.size;
+    if (!hsb_utf8_valid(o->via.str.ptr, n)) {
+        return proto_fail(dec, HSB_EUTF8, at, key, "string is not valid UTF-8");
+    }
+    if (n < minlen || (n > maxlen && !truncate)) {
+        return proto_fail(dec, HSB_ERANGE, at, key, "must be %zu..%zu bytes long", minlen, maxlen);
+    }
+    *outlen = proto_utf8_cut(o->via.str.ptr, n, maxlen);
+    return HSB_OK;
+}
+
+hsb_err proto_get_text(hsb_dec *dec, const proto_path *at, proto_key key, const msgpack_object *o,
+                       size_t minlen, size_t maxlen, bool truncate, char *dst)
+{
+    size_t n = 0;
+    hsb_err err = proto_text(dec, at, key, o, minlen, maxlen, truncate, &n);
+
+    if (err != HSB_OK) {
+        return err;
+    }
+    memcpy(dst, o->via.str.ptr, n);
+    dst[n] = '\0';
+    return HSB_OK;
+}
+
+hsb_err proto_get_text_zone(hsb_dec *dec, const proto_path *at, proto_key key,
+                            const msgpack_object *o, size_t maxlen, bool truncate, const char **out)
+{
+    size_t n = 0;
+    char *dst;
+    hsb_err err = proto_text(dec, at, key, o, 0, maxlen, truncate, &n);
+
+    if (err != HSB_OK) {
+        return err;
+    }
+    dst = msgpack_zone_malloc_no_align(&dec->zone, n + 1);
+    if (dst == NULL) {
+        return proto_fail(dec, HSB_ENOMEM, at, key, "out of memory");
+    }
+    memcpy(dst, o->via.str.ptr, n);
+    dst[n] = '\0';
+    *out = dst;
+    return HSB_OK;
+}
+
+/* ---- envelope ---------------------------------------------------------------------------- */
+
+/* A packer target that fills one preallocated block; writing past its end fails. */
+typedef struct proto_sink {
+    char *p;
+    size_t left;
+} proto_sink;
+
+static int proto_sink_write(void *data, const char *buf, size_t len)
+{
+    proto_sink *s = data;
+
+    if (len > s->left) {
+        return -1;
+    }
+    memcpy(s->p, buf, len);
+    s->p += len;
+    s->left -= len;
+    return 0;
+}
+
+/* proto_dec_body validates a body, measures it and re-encodes it once into the zone. */
+static hsb_err proto_dec_body(hsb_dec *dec, const proto_path *at, const msgpack_object *o,
+                              int depth, hsb_envelope *env)
+{
+    proto_path p = {at, "body", 4, 0};
+    size_t size = 0;
+    proto_sink sink;
+    msgpack_packer pk;
+    char *mem;
+    hsb_err err;
+
+    if (o->type == MSGPACK_OBJECT_NIL) {
+        env->body = NULL;
+        env->body_len = 0;
+        return HSB_OK;
+    }
+    err = proto_check_any(dec, &p, o, depth, &size);
+    if (err != HSB_OK) {
+        return err;
+    }
+    if (size > dec->max_body) {
+        return proto_fail(dec, HSB_ETOOBIG, at, PROTO_K_BODY,
+                          "%zu bytes encoded, over the limit of %zu", size, dec->max_body);
+    }
+    mem = msgpack_zone_malloc_no_align(&dec->zone, size);
+    if (mem == NULL) {
+        return proto_fail(dec, HSB_ENOMEM, at, PROTO_K_BODY, "out of memory");
+    }
+    sink.p = mem;
+    sink.left = size;
+    msgpack_packer_init(&pk, &sink, proto_sink_write);
+    if (proto_pack_any(&pk, o) != 0 || sink.left != 0) {
+        return proto_fail(dec, HSB_EINTERNAL, at, PROTO_K_BODY, "re-encoding size mismatch");
+    }
+    env->body = (const uint8_t *)mem;
+    env->body_len = size;
+    return HSB_OK;
+}
+
+#define PROTO_ENV_CLIENT_KEYS                                                                      \
+    (PROTO_BIT(PROTO_K_CID) | PROTO_BIT(PROTO_K_TO) | PROTO_BIT(PROTO_K_TYPE) |                    \
+     PROTO_BIT(PROTO_K_TOPIC) | PROTO_BIT(PROTO_K_PRIO) | PROTO_BIT(PROTO_K_TTL_MS) |              \
+     PROTO_BIT(PROTO_K_BATCH) | PROTO_BIT(PROTO_K_CORR) | PROTO_BIT(PROTO_K_DURABLE) |             \
+     PROTO_BIT(PROTO_K_BODY))
+#define PROTO_ENV_BROKER_KEYS                                                                      \
+    (PROTO_BIT(PROTO_K_ID) | PROTO_BIT(PROTO_K_FROM) | PROTO_BIT(PROTO_K_DEADLINE) |               \
+     PROTO_BIT(PROTO_K_DELIVERIES))
+
+hsb_err proto_dec_env(hsb_dec *dec, const proto_path *at, const msgpack_object *o, int depth,
+                      bool request, hsb_envelope *env)
+{
+    const msgpack_object *s[PROTO_K_COUNT] = {0};
+    uint64_t wanted = PROTO_ENV_CLIENT_KEYS | (request ? 0 : PROTO_ENV_BROKER_KEYS);
+    uint64_t u = 0;
+    hsb_err err;
+
+    hsb_envelope_init(env);
+    if (o->type != MSGPACK_OBJECT_MAP) {
+        return proto_fail(dec, HSB_ETYPE, at, PROTO_K_UNKNOWN, "envelope must be a map");
+    }
+    err = proto_collect(dec, at, o, depth, wanted, s);
+    if (err != HSB_OK) {
+        return err;
+    }
+    if (s[PROTO_K_TO] != NULL) {
+        err = proto_get_name(dec, at, PROTO_K_TO, s[PROTO_K_TO], false, env->to);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    if (s[PROTO_K_TYPE] != NULL) {
+        err = proto_get_name(dec, at, PROTO_K_TYPE, s[PROTO_K_TYPE], false, env->type);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    if (s[PROTO_K_TOPIC] != NULL) {
+        err = proto_get_name(dec, at, PROTO_K_TOPIC, s[PROTO_K_TOPIC], false, env->topic);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    if (s[PROTO_K_BATCH] != NULL) {
+        err = proto_get_name(dec, at, PROTO_K_BATCH, s[PROTO_K_BATCH], false, env->batch);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    if (s[PROTO_K_CID] != NULL) {
+        err = proto_get_text(dec, at, PROTO_K_CID, s[PROTO_K_CID], 1, HSB_CID_MAX, false, env->cid);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    if (s[PROTO_K_PRIO] != NULL) {
+        const msgpack_object *v = s[PROTO_K_PRIO];
+        if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            if (v->via.u64 >= HSB_PRIO_COUNT) {
+                return proto_fail(dec, HSB_EBADPRIO, at, PROTO_K_PRIO, "must be 0..3");
+            }
+            env->prio = (uint8_t)v->via.u64;
+        } else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+            return proto_fail(dec, HSB_EBADPRIO, at, PROTO_K_PRIO, "must be 0..3");
+        } else {
+            return proto_fail(dec, HSB_ETYPE, at, PROTO_K_PRIO, "must be an unsigned integer");
+        }
+    }
+    if (s[PROTO_K_TTL_MS] != NULL) {
+        err = proto_get_uint(dec, at, PROTO_K_TTL_MS, s[PROTO_K_TTL_MS], HSB_TTL_MAX_MS, &u);
+        if (err != HSB_OK) {
+            return err;
+        }
+        env->ttl_ms = (uint32_t)u;
+    }
+    if (s[PROTO_K_CORR] != NULL) {
+        err = proto_get_uint(dec, at, PROTO_K_CORR, s[PROTO_K_CORR], UINT64_MAX, &env->corr);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    if (s[PROTO_K_DURABLE] != NULL) {
+        err = proto_get_bool(dec, at, PROTO_K_DURABLE, s[PROTO_K_DURABLE], &env->durable);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    if (s[PROTO_K_ID] != NULL) {
+        err = proto_get_uint(dec, at, PROTO_K_ID, s[PROTO_K_ID], UINT64_MAX, &env->id);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    if (s[PROTO_K_FROM] != NULL) {
+        err = proto_get_name(dec, at, PROTO_K_FROM, s[PROTO_K_FROM], false, env->from);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    if (s[PROTO_K_DEADLINE] != NULL) {
+        err = proto_get_uint(dec, at, PROTO_K_DEADLINE, s[PROTO_K_DEADLINE], INT64_MAX, &u);
+        if (err != HSB_OK) {
+            return err;
+        }
+        env->deadline = (int64_t)u;
+    }
+    if (s[PROTO_K_DELIVERIES] != NULL) {
+        err = proto_get_uint(dec, at, PROTO_K_DELIVERIES, s[PROTO_K_DELIVERIES], UINT32_MAX, &u);
+        if (err != HSB_OK) {
+            return err;
+        }
+        env->deliveries = (uint32_t)u;
+    }
+    if (s[PROTO_K_BODY] != NULL) {
+        err = proto_dec_body(dec, at, s[PROTO_K_BODY], depth + 1, env);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    if (env->to[0] == '\0' && env->type[0] == '\0' && env->topic[0] == '\0' && env->corr == 0) {
+        return proto_fail(dec, HSB_EMISSING, at, PROTO_K_UNKNOWN,
+                          "needs one of to, type, topic or corr");
+    }
+    return HSB_OK;
+}
+
+hsb_err hsb_dec_envelope(hsb_dec *dec, const void *buf, size_t len, hsb_envelope *env)
+{
+    msgpack_object root;
+    hsb_err err;
+
+    hsb_envelope_init(env);
+    err = proto_unpack(dec, buf, len, &root);
+    if (err != HSB_OK) {
+        return err;
+    }
+    return proto_dec_env(dec, NULL, &root, 1, false, env);
+}
+
+/* ---- encoders ---------------------------------------------------------------------------- */
+
+int proto_pack_cstr(msgpack_packer *pk, const char *s)
+{
+    return msgpack_pack_str_with_body(pk, s, strlen(s));
+}
+
+int proto_pack_key(msgpack_packer *pk, proto_key k)
+{
+    return proto_pack_cstr(pk, proto_key_names[k]);
+}
+
+int proto_pack_err_fields(msgpack_packer *pk, hsb_err err, const char *msg)
+{
+    const char *wire = hsb_err_wire(err);
+    int rc = 0;
+
+    rc |= proto_pack_key(pk, PROTO_K_OK);
+    rc |= msgpack_pack_false(pk);
+    rc |= proto_pack_key(pk, PROTO_K_ERR);
+    rc |= proto_pack_cstr(pk, wire != NULL ? wire : "E_INTERNAL");
+    if (msg != NULL) {
+        rc |= proto_pack_key(pk, PROTO_K_MSG);
+        rc |= proto_pack_cstr(pk, msg);
+    }
+    return rc;
+}
+
+static int proto_pack_name_kv(msgpack_packer *pk, proto_key k, const char *s)
+{
+    int rc = 0;
+
+    if (s[0] != '\0') {
+        rc |= proto_pack_key(pk, k);
+        rc |= proto_pack_cstr(pk, s);
+    }
+    return rc;
+}
+
+static int proto_pack_uint_kv(msgpack_packer *pk, proto_key k, uint64_t v)
+{
+    int rc = 0;
+
+    if (v != 0) {
+        rc |= proto_pack_key(pk, k);
+        rc |= msgpack_pack_uint64(pk, v);
+    }
+    return rc;
+}
+
+hsb_err hsb_enc_envelope(msgpack_packer *pk, const hsb_envelope *env)
+{
+    uint32_t n = 1; /* prio is always written */
+    int rc = 0;
+
+    n += env->id != 0;
+    n += env->cid[0] != '\0';
+    n += env->from[0] != '\0';
+    n += env->to[0] != '\0';
+    n += env->type[0] != '\0';
+    n += env->topic[0] != '\0';
+    n += env->ttl_ms != 0;
+    n += env->deadline != 0;
+    n += env->batch[0] != '\0';
+    n += env->corr != 0;
+    n += env->durable;
+    n += env->body != NULL && env->body_len > 0;
+    n += env->deliveries != 0;
+
+    rc |= msgpack_pack_map(pk, n);
+    rc |= proto_pack_uint_kv(pk, PROTO_K_ID, env->id);
+    rc |= proto_pack_name_kv(pk, PROTO_K_CID, env->cid);
+    rc |= proto_pack_name_kv(pk, PROTO_K_FROM, env->from);
+    rc |= proto_pack_name_kv(pk, PROTO_K_TO, env->to);
+    rc |= proto_pack_name_kv(pk, PROTO_K_TYPE, env->type);
+    rc |= proto_pack_name_kv(pk, PROTO_K_TOPIC, env->topic);
+    rc |= proto_pack_key(pk, PROTO_K_PRIO);
+    rc |= msgpack_pack_uint8(pk, env->prio);
+    rc |= proto_pack_uint_kv(pk, PROTO_K_TTL_MS, env->ttl_ms);
+    if (env->deadline != 0) {
+        rc |= proto_pack_key(pk, PROTO_K_DEADLINE);
+        rc |= msgpack_pack_int64(pk, env->deadline);
+    }
+    rc |= proto_pack_name_kv(pk, PROTO_K_BATCH, env->batch);
+    rc |= proto_pack_uint_kv(pk, PROTO_K_CORR, env->corr);
+    if (env->durable) {
+        rc |= proto_pack_key(pk, PROTO_K_DURABLE);
+        rc |= msgpack_pack_true(pk);
+    }
+    rc |= proto_pack_uint_kv(pk, PROTO_K_DELIVERIES, env->deliveries);
+    if (env->body != NULL && env->body_len > 0) {
+        rc |= proto_pack_key(pk, PROTO_K_BODY);
+        /* The body is already one encoded msgpack value: append its bytes as they are. */
+        rc |= pk->callback(pk->data, (const char *)env->body, env->body_len);
+    }
+    return rc == 0 ? HSB_OK : HSB_ENOMEM;
+}
