@@ -6,9 +6,10 @@
  * ops->abi == HSB_AGENT_ABI before calling anything else.
  *
  * Threads. Each agent instance runs `workers` host threads (config [agent.NAME] workers, default
- * 1). init and fini run on the instance's first worker thread; handle_batch runs on any of the
- * instance's workers, never concurrently with init or fini, and concurrently with itself only when
- * workers > 1 (then the agent's state must be thread-safe). An agent may block in its callbacks
+ * 1). init runs on the instance's first worker thread before any handle_batch; fini runs after the
+ * last worker has exited, on the thread that stops the agent. handle_batch runs on any of the
+ * instance's workers, concurrently with itself only when workers > 1 (then the agent's state must
+ * be thread-safe). An agent may block in its callbacks
  * (store queries do), but every millisecond it blocks delays its own mailbox only.
  *
  * Agents see the rest of the system only through hsb_agent_env, whose functions may be called from
@@ -111,8 +112,8 @@ struct hsb_agent_env {
     hsb_err (*audit)(hsb_agent_env *env, const char *event, const char *detail);
 
     /* log writes one key=value line: ts, level, agent and event are added. fmt gives the rest. */
-    void (*log)(hsb_agent_env *env, hsb_log_level level, const char *event, const char *fmt,
-                ...) __attribute__((format(printf, 4, 5)));
+    void (*log)(hsb_agent_env *env, hsb_log_level level, const char *event, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
 
     /* now_ms returns wall-clock ms since the epoch (a fake clock in unit tests). */
     uint64_t (*now_ms)(hsb_agent_env *env);
@@ -123,10 +124,10 @@ struct hsb_agent_env {
 };
 
 typedef struct hsb_agent_ops {
-    uint32_t abi;                   /* HSB_AGENT_ABI */
-    const char *name;               /* default agent name */
-    const char *const *handles;     /* NULL-terminated default types handled ("lab.*"), or NULL */
-    const char *const *subscribes;  /* NULL-terminated default topics, or NULL */
+    uint32_t abi;                  /* HSB_AGENT_ABI */
+    const char *name;              /* default agent name */
+    const char *const *handles;    /* NULL-terminated default types handled ("lab.*"), or NULL */
+    const char *const *subscribes; /* NULL-terminated default topics, or NULL */
 
     /* init prepares the agent; *state is passed to the other calls. Non-HSB_OK aborts start-up. */
     hsb_err (*init)(hsb_agent_env *env, void **state);
@@ -140,7 +141,7 @@ typedef struct hsb_agent_ops {
     void (*handle_batch)(void *state, hsb_agent_env *env, const hsb_envelope *msgs, size_t n,
                          hsb_err *results);
 
-    /* fini releases the state. It runs after the last handle_batch has returned. */
+    /* fini releases the state. It runs after the last handle_batch has returned. May be NULL. */
     void (*fini)(void *state, hsb_agent_env *env);
 } hsb_agent_ops;
 
