@@ -329,6 +329,8 @@ fail_plugin:
     return HSB_EINVAL;
 }
 
+static void srv_stop(srv *s);
+
 /* ---- loop callbacks ---------------------------------------------------------------------- */
 
 static void srv_inbox_handle(void *arg, inbox_item *item)
@@ -382,8 +384,6 @@ static void srv_prepare_cb(uv_prepare_t *h)
     }
     uv_timer_start(&s->timer, srv_timer_cb, next > now ? next - now : 0, 0);
 }
-
-static void srv_stop(srv *s);
 
 static void srv_drain_tick(uv_timer_t *h)
 {
@@ -440,6 +440,7 @@ static void srv_close_cb(uv_handle_t *h)
 static void srv_stop_final(uv_timer_t *h)
 {
     srv *s = h->data;
+    srv_ops_stop(s);
     gw_stop(s->gw);
     inbox_drain(&s->ib); /* requests are ignored now; pipe events detach clients */
     for (size_t i = 0; i < s->n_agents; i++) {
@@ -573,6 +574,15 @@ hsb_err srv_init(srv *s, const config *cfg, const char *const *sets, size_t n_se
     uv_signal_start(&s->sig_int, srv_signal_cb, SIGINT);
     uv_signal_start(&s->sig_hup, srv_signal_cb, SIGHUP);
 
+    err = srv_ops_start(s);
+    if (err != HSB_OK) {
+        log_error("ops_failed", "err=%s", hsb_err_name(err));
+        /* Everything is running: take the normal shutdown path, then report failure. */
+        s->start_failed = true;
+        srv_stop(s);
+        return HSB_OK;
+    }
+
     log_info("started", "version=%s listen=%s agents=%zu pid=%ld", HSB_VERSION, s->cfg.listen,
              s->n_agents, (long)getpid());
     return HSB_OK;
@@ -605,11 +615,12 @@ fail_loop:
 int srv_run(srv *s)
 {
     uv_run(&s->loop, UV_RUN_DEFAULT);
-    return 0;
+    return s->start_failed ? 1 : 0;
 }
 
 bool srv_fini(srv *s)
 {
+    srv_ops_free(s);
     gw_free(s->gw, true);
     s->gw = NULL;
     for (size_t i = 0; i < s->n_agents; i++) {

@@ -69,9 +69,11 @@ struct srv {
 
     srv_ext_handler ext_handler;
     void *ext_arg;
+    void *ops; /* daemon/ops.c's state: control socket, metrics server, alerts */
 
     bool draining;
     bool stopping;
+    bool start_failed; /* srv_ops_start failed after everything else started */
     uint64_t drain_deadline_ms;
     uint64_t start_ms;
     uint64_t loop_lag_ms; /* measured each iteration, for /healthz */
@@ -107,6 +109,16 @@ hsb_err srv_reload(srv *s, char *report, size_t len);
 
 /* srv_set_ext_handler routes inbox items of kind >= SRV_ITEM_EXT to fn. */
 void srv_set_ext_handler(srv *s, srv_ext_handler fn, void *arg);
+
+/*
+ * Operator surfaces (daemon/ops.c): the control socket, the metrics HTTP server and the alert
+ * rules. srv_ops_start runs at the end of srv_init (errors abort start-up); srv_ops_stop at the
+ * start of the final shutdown phase, before the gateway closes (it must close its handles with
+ * uv_close and stop its nng sockets); srv_ops_free in srv_fini. Loop thread.
+ */
+hsb_err srv_ops_start(srv *s);
+void srv_ops_stop(srv *s);
+void srv_ops_free(srv *s);
 
 /* srv_now_ms returns wall-clock ms since the epoch. Any thread. */
 uint64_t srv_now_ms(void);
