@@ -14,11 +14,11 @@
  * up to a minute, and a resent send would duplicate messages.
  *
  * Receiver threads each own a slot of their own and loop on fetch. Every fetched message goes
- * through hsbus_dispatch_one: a reply (corr != 0) whose requester waits is handed to it; a reply
- * that may belong to a request still in its send phase (the daemon can route the reply before the
- * send's answer reaches us) is stashed as an orphan until a requester claims it, no request is in
- * its send phase, or the call timeout passes; everything else goes to the handler or to the bounded
- * local queue for hsbus_fetch. The handler always runs with no lock held.
+ * through hsbus_route_reply_locked: a reply (corr != 0) whose requester waits is handed to it; a
+ * reply that may belong to a request still in its send phase (the daemon can route the reply before
+ * the send's answer reaches us) is stashed as an orphan until a requester claims it, no request is
+ * in its send phase, or the call timeout passes; everything else goes to the handler or to the
+ * bounded local queue for hsbus_fetch (hsbus_deliver). The handler always runs with no lock held.
  *
  * Lock order: one mutex (c->mtx) guards all mutable client state. start_mtx only serialises
  * hsbus_start and is never taken while c->mtx is held.
@@ -195,7 +195,7 @@ static hsbus_err hsbus_fail(const hsbus_client *c, hsbus_err err, const char *fm
 
 HSBUS_API const char *hsbus_errmsg(const hsbus_client *client)
 {
-    if (client == NULL || hsbus_tl_err.client != client) {
+    if (hsbus_tl_err.client != client) {
         return "";
     }
     return hsbus_tl_err.text;

@@ -32,7 +32,8 @@
  *
  * Errors. Every call returns HSBUS_OK or one hsbus_err. When the daemon refused a request as a
  * whole ({ok: false, err, msg}) or a request was answered by a sys.error, the daemon's text is
- * available from hsbus_errmsg(client) on the calling thread until that thread's next failing call.
+ * available from hsbus_errmsg(client) on the calling thread until that thread's next failing call
+ * (hsbus_errmsg(NULL) for a failed hsbus_connect).
  */
 #ifndef HSBUS_H
 #define HSBUS_H
@@ -174,7 +175,8 @@ HSBUS_API const char *hsbus_err_name(hsbus_err err);
 /*
  * hsbus_errmsg returns the detail text of the last call on client that failed on the calling
  * thread: the daemon's msg for a refused request or a sys.error, or a local explanation. It returns
- * "" if this thread's last failure was on another client or there is none. The text is thread-local
+ * "" if this thread's last failure was on another client or there is none. A failed hsbus_connect
+ * records its text under client NULL: call hsbus_errmsg(NULL) after it. The text is thread-local
  * and valid until the calling thread's next failing hsbus call. It does not block.
  */
 HSBUS_API const char *hsbus_errmsg(const hsbus_client *client);

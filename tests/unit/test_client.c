@@ -1,0 +1,708 @@
+/*
+ * tests/unit/test_client.c - libhsbus against a fake daemon.
+ *
+ * The fake is a REP socket on ipc:///tmp/... served by a pool of threads, each with its own nng
+ * context and hsb_dec, that speaks agent protocol v1 with the proto codec. It has one queue (the
+ * test's client is its only agent) and routes by `to`:
+ *   "self"    the message itself is queued back to the sender (so the client receives requests);
+ *   "echo"    a reply (corr = the message's id, same body) is queued, as an echo agent would;
+ *   "early"   like "echo", but the reply is queued 100 ms before the send is answered;
+ *   "fail"    a sys.error {err: E_EXPIRED, msg: "expired in queue"} with corr = the id is queued;
+ *   "void"    accepted, nothing happens;
+ *   anything else: refused with E_NOROUTE.
+ * hello with token "bad" is refused with E_AUTH. Fetches long-poll on the queue and record acks and
+ * nacks for the tests to check.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+
+#include "hsbus.h"
+#include "proto/codec.h"
+
+#define FAKE_WORKERS 40
+#define FAKE_QMAX    4096
+#define FAKE_ACKMAX  8192
+
+typedef struct fake_env {
+    hsb_envelope env;
+    uint8_t *body;
+} fake_env;
+
+typedef struct fake {
+    nng_socket sock;
+    char url[128];
+    pthread_t workers[FAKE_WORKERS];
+    pthread_mutex_t mtx;
+    pthread_cond_t cv;
+    bool stop;
+    uint64_t next_id;
+    char agent[HSB_NAME_MAX + 1];
+    fake_env queue[FAKE_QMAX];
+    size_t q_head, q_len;
+    uint64_t acks[FAKE_ACKMAX];
+    size_t n_acks;
+    uint64_t nacks[FAKE_ACKMAX];
+    char last_nack_reason[HSB_REASON_MAX + 1];
+    size_t n_nacks;
+    size_t n_fetches;
+    size_t n_byes;
+} fake;
+
+static fake *fake_g;
+
+static int64_t tc_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void fake_push_locked(fake *f, const hsb_envelope *env)
+{
+    fake_env *e;
+
+    assert_true(f->q_len < FAKE_QMAX);
+    e = &f->queue[(f->q_head + f->q_len) % FAKE_QMAX];
+    e->env = *env;
+    e->body = NULL;
+    if (env->body != NULL && env->body_len > 0) {
+        e->body = malloc(env->body_len);
+        assert_non_null(e->body);
+        memcpy(e->body, env->body, env->body_len);
+        e->env.body = e->body;
+    }
+    f->q_len++;
+    pthread_cond_broadcast(&f->cv);
+}
+
+static int fake_write(void *data, const char *buf, size_t len)
+{
+    return nng_msg_append((nng_msg *)data, buf, len) == 0 ? 0 : -1;
+}
+
+/* fake_reply_to routes one accepted message; returns the result for the send reply. */
+static hsb_send_result fake_route(fake *f, hsb_envelope *env, bool *early)
+{
+    hsb_send_result r = {0};
+    hsb_envelope out;
+
+    pthread_mutex_lock(&f->mtx);
+    env->id = ++f->next_id;
+    snprintf(env->from, sizeof(env->from), "%s", f->agent);
+    r.id = env->id;
+    if (strcmp(env->to, "self") == 0) {
+        fake_push_locked(f, env);
+    } else if (strcmp(env->to, "echo") == 0 || strcmp(env->to, "early") == 0) {
+        out = *env;
+        out.id = ++f->next_id;
+        out.corr = env->id;
+        snprintf(out.from, sizeof(out.from), "%s", env->to);
+        snprintf(out.to, sizeof(out.to), "%s", f->agent);
+        fake_push_locked(f, &out);
+        *early = strcmp(env->to, "early") == 0;
+    } else if (strcmp(env->to, "fail") == 0) {
+        static const uint8_t body[] = {0x82, 0xa3, 'e', 'r', 'r', 0xa9, 'E',  '_', 'E',
+                                       'X',  'P',  'I', 'R', 'E', 'D',  0xa3, 'm', 's',
+                                       'g',  0xb0, 'e', 'x', 'p', 'i',  'r',  'e', 'd',
+                                       ' ',  'i',  'n', ' ', 'q', 'u',  'e',  'u', 'e'};
+        hsb_envelope_init(&out);
+        out.id = ++f->next_id;
+        out.corr = env->id;
+        snprintf(out.from, sizeof(out.from), "sys");
+        snprintf(out.type, sizeof(out.type), "sys.error");
+        out.body = body;
+        out.body_len = sizeof(body);
+        fake_push_locked(f, &out);
+    } else if (strcmp(env->to, "void") != 0) {
+        r.id = 0;
+        r.err = HSB_ENOROUTE;
+        r.msg = "no agent by that name";
+    }
+    pthread_mutex_unlock(&f->mtx);
+    return r;
+}
+
+static void fake_handle(fake *f, hsb_dec *dec, nng_msg *in, nng_msg *out)
+{
+    msgpack_packer pk;
+    hsb_request req;
+    hsb_reply rep;
+    hsb_err err;
+
+    msgpack_packer_init(&pk, out, fake_write);
+    err = hsb_dec_request(dec, nng_msg_body(in), nng_msg_len(in), &req);
+    if (err != HSB_OK) {
+        hsb_enc_error_reply(&pk, err, hsb_dec_errmsg(dec));
+        return;
+    }
+    memset(&rep, 0, sizeof(rep));
+    rep.op = req.op;
+    rep.ok = true;
+    switch (req.op) {
+    case HSB_OP_HELLO:
+        if (strcmp(req.u.hello.token, "bad") == 0) {
+            hsb_enc_error_reply(&pk, HSB_EAUTH, "bad token");
+            return;
+        }
+        pthread_mutex_lock(&f->mtx);
+        snprintf(f->agent, sizeof(f->agent), "%s", req.u.hello.agent);
+        pthread_mutex_unlock(&f->mtx);
+        snprintf(rep.u.hello.session, sizeof(rep.u.hello.session), "s-1");
+        rep.u.hello.max_body = HSB_BODY_MAX;
+        rep.u.hello.max_batch = HSB_BATCH_MAX;
+        break;
+    case HSB_OP_SEND: {
+        hsb_send_result *res = calloc(req.u.send.n_msgs, sizeof(*res));
+        bool early = false;
+
+        assert_non_null(res);
+        for (size_t i = 0; i < req.u.send.n_msgs; i++) {
+            res[i] = fake_route(f, &req.u.send.msgs[i], &early);
+        }
+        if (early) {
+            usleep(100 * 1000);
+        }
+        rep.u.send.results = res;
+        rep.u.send.n_results = req.u.send.n_msgs;
+        hsb_enc_reply(&pk, &rep);
+        free(res);
+        return;
+    }
+    case HSB_OP_FETCH: {
+        hsb_envelope *msgs = NULL;
+        fake_env *taken = NULL;
+        size_t n = 0;
+        int64_t until = tc_now_ms() + req.u.fetch.wait_ms;
+        struct timespec ts;
+
+        pthread_mutex_lock(&f->mtx);
+        f->n_fetches++;
+        for (size_t i = 0; i < req.u.fetch.n_acks && f->n_acks < FAKE_ACKMAX; i++) {
+            f->acks[f->n_acks++] = req.u.fetch.acks[i];
+        }
+        for (size_t i = 0; i < req.u.fetch.n_nacks && f->n_nacks < FAKE_ACKMAX; i++) {
+            f->nacks[f->n_nacks++] = req.u.fetch.nacks[i].id;
+            snprintf(f->last_nack_reason, sizeof(f->last_nack_reason), "%s",
+                     req.u.fetch.nacks[i].reason);
+        }
+        while (f->q_len == 0 && !f->stop && tc_now_ms() < until) {
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 10 * 1000000;
+            if (ts.tv_nsec >= 1000000000) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000;
+            }
+            pthread_cond_timedwait(&f->cv, &f->mtx, &ts);
+        }
+        n = f->q_len < req.u.fetch.max ? f->q_len : req.u.fetch.max;
+        msgs = calloc(n + 1, sizeof(*msgs));
+        taken = calloc(n + 1, sizeof(*taken));
+        assert_non_null(msgs);
+        assert_non_null(taken);
+        for (size_t i = 0; i < n; i++) {
+            taken[i] = f->queue[f->q_head];
+            f->q_head = (f->q_head + 1) % FAKE_QMAX;
+            f->q_len--;
+            msgs[i] = taken[i].env;
+            msgs[i].deliveries = 1;
+        }
+        pthread_mutex_unlock(&f->mtx);
+        rep.u.fetch.msgs = msgs;
+        rep.u.fetch.n_msgs = n;
+        hsb_enc_reply(&pk, &rep);
+        for (size_t i = 0; i < n; i++) {
+            free(taken[i].body);
+        }
+        free(taken);
+        free(msgs);
+        return;
+    }
+    case HSB_OP_BYE:
+        pthread_mutex_lock(&f->mtx);
+        f->n_byes++;
+        pthread_mutex_unlock(&f->mtx);
+        break;
+    }
+    hsb_enc_reply(&pk, &rep);
+}
+
+static void *fake_worker(void *arg)
+{
+    fake *f = arg;
+    nng_ctx ctx;
+    nng_aio *aio;
+    hsb_dec dec;
+
+    assert_int_equal(hsb_dec_init(&dec), HSB_OK);
+    assert_int_equal(nng_aio_alloc(&aio, NULL, NULL), 0);
+    assert_int_equal(nng_ctx_open(&ctx, f->sock), 0);
+    for (;;) {
+        nng_msg *in, *out;
+
+        nng_ctx_recv(ctx, aio);
+        nng_aio_wait(aio);
+        if (nng_aio_result(aio) != 0) {
+            break;
+        }
+        in = nng_aio_get_msg(aio);
+        assert_int_equal(nng_msg_alloc(&out, 0), 0);
+        fake_handle(f, &dec, in, out);
+        nng_msg_free(in);
+        nng_aio_set_msg(aio, out);
+        nng_ctx_send(ctx, aio);
+        nng_aio_wait(aio);
+        if (nng_aio_result(aio) != 0) {
+            nng_msg_free(out);
+            break;
+        }
+    }
+    nng_aio_free(aio);
+    hsb_dec_fini(&dec);
+    return NULL;
+}
+
+static fake *fake_start(void)
+{
+    static int seq;
+    fake *f = calloc(1, sizeof(*f));
+
+    assert_non_null(f);
+    pthread_mutex_init(&f->mtx, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    snprintf(f->url, sizeof(f->url), "ipc:///tmp/hsbus-test-client-%d-%d.sock", (int)getpid(),
+             ++seq);
+    assert_int_equal(nng_rep0_open(&f->sock), 0);
+    assert_int_equal(nng_listen(f->sock, f->url, NULL, 0), 0);
+    for (int i = 0; i < FAKE_WORKERS; i++) {
+        assert_int_equal(pthread_create(&f->workers[i], NULL, fake_worker, f), 0);
+    }
+    fake_g = f;
+    return f;
+}
+
+static void fake_stop(fake *f)
+{
+    pthread_mutex_lock(&f->mtx);
+    f->stop = true;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mtx);
+    nng_close(f->sock);
+    for (int i = 0; i < FAKE_WORKERS; i++) {
+        pthread_join(f->workers[i], NULL);
+    }
+    for (size_t i = 0; i < f->q_len; i++) {
+        free(f->queue[(f->q_head + i) % FAKE_QMAX].body);
+    }
+    pthread_cond_destroy(&f->cv);
+    pthread_mutex_destroy(&f->mtx);
+    fake_g = NULL;
+    free(f);
+}
+
+static bool fake_acked(fake *f, uint64_t id)
+{
+    bool found = false;
+
+    pthread_mutex_lock(&f->mtx);
+    for (size_t i = 0; i < f->n_acks && !found; i++) {
+        found = f->acks[i] == id;
+    }
+    pthread_mutex_unlock(&f->mtx);
+    return found;
+}
+
+static bool fake_nacked(fake *f, uint64_t id)
+{
+    bool found = false;
+
+    pthread_mutex_lock(&f->mtx);
+    for (size_t i = 0; i < f->n_nacks && !found; i++) {
+        found = f->nacks[i] == id;
+    }
+    pthread_mutex_unlock(&f->mtx);
+    return found;
+}
+
+static hsbus_client *tc_connect(fake *f, const char *agent)
+{
+    hsbus_opts o = {.agent = agent, .token = "good", .timeout_ms = 5000, .poll_ms = 200};
+    hsbus_client *c = NULL;
+
+    assert_int_equal(hsbus_connect(f->url, &o, &c), HSBUS_OK);
+    assert_non_null(c);
+    return c;
+}
+
+static void tc_msg(hsbus_msg *m, const char *to, const char *text)
+{
+    hsbus_msg_init(m);
+    snprintf(m->to, sizeof(m->to), "%s", to);
+    snprintf(m->type, sizeof(m->type), "test.msg");
+    assert_int_equal(hsbus_msg_set_body_str(m, text, strlen(text)), HSBUS_OK);
+}
+
+/* The body of m must be the msgpack str text. */
+static void tc_assert_body(const hsbus_msg *m, const char *text)
+{
+    const uint8_t *p;
+    size_t n;
+
+    assert_int_equal(hsbus_msg_body_bytes(m, &p, &n), HSBUS_OK);
+    assert_int_equal(n, strlen(text));
+    assert_memory_equal(p, text, n);
+}
+
+/* ---- tests ------------------------------------------------------------------------------- */
+
+static void test_body_helpers(void **state)
+{
+    static uint8_t big[70000];
+    size_t sizes[] = {0, 10, 31, 32, 255, 256, 65535, 65536, 70000};
+    hsbus_msg m;
+    const uint8_t *p;
+    size_t n;
+
+    (void)state;
+    memset(big, 'q', sizeof(big));
+    hsbus_msg_init(&m);
+    assert_int_equal(m.prio, HSBUS_PRIO_NORMAL);
+    assert_int_equal(hsbus_msg_body_bytes(&m, &p, &n), HSBUS_ETYPE);
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        assert_int_equal(hsbus_msg_set_body_bin(&m, big, sizes[i]), HSBUS_OK);
+        assert_int_equal(hsbus_msg_body_bytes(&m, &p, &n), HSBUS_OK);
+        assert_int_equal(n, sizes[i]);
+        assert_int_equal(hsbus_msg_set_body_str(&m, (const char *)big, sizes[i]), HSBUS_OK);
+        assert_int_equal(hsbus_msg_body_bytes(&m, &p, &n), HSBUS_OK);
+        assert_int_equal(n, sizes[i]);
+        assert_memory_equal(p, big, n);
+    }
+    assert_int_equal(hsbus_msg_set_body_str(&m, "hi", 2), HSBUS_OK);
+    assert_int_equal(m.body_len, 3);
+    assert_int_equal(m.body[0], 0xa2);
+    m.body_len = 2; /* truncated */
+    assert_int_equal(hsbus_msg_body_bytes(&m, &p, &n), HSBUS_ETRUNC);
+    assert_int_equal(hsbus_msg_set_body_raw(&m, "\xc0", 1), HSBUS_OK);
+    assert_int_equal(hsbus_msg_body_bytes(&m, &p, &n), HSBUS_ETYPE);
+    assert_int_equal(hsbus_msg_set_body_bin(NULL, "x", 1), HSBUS_EINVAL);
+    assert_int_equal(hsbus_msg_set_body_bin(&m, NULL, 1), HSBUS_EINVAL);
+    hsbus_msg_clear(&m);
+    assert_null(m.body);
+    hsbus_msg_clear(NULL);
+    hsbus_msg_free(NULL);
+    hsbus_close(NULL);
+    {
+        hsbus_client *none = NULL;
+        hsbus_msg *mp = NULL;
+        hsbus_close(&none);
+        hsbus_msg_free(&mp);
+    }
+    assert_string_equal(hsbus_err_name(HSBUS_EBUSY), "HSBUS_EBUSY");
+    assert_non_null(hsbus_strerror(HSBUS_ETIMEDOUT));
+}
+
+static void test_connect_errors(void **state)
+{
+    hsbus_opts o = {.agent = "tester", .timeout_ms = 2000};
+    hsbus_client *c = (hsbus_client *)&o; /* must be cleared on failure */
+    fake *f;
+
+    (void)state;
+    assert_int_equal(hsbus_connect("ipc:///tmp/hsbus-test-client-nobody.sock", &o, &c), HSBUS_EIO);
+    assert_null(c);
+    o.agent = NULL;
+    assert_int_equal(hsbus_connect("ipc:///tmp/x.sock", &o, &c), HSBUS_EINVAL);
+    o.agent = "tester";
+    assert_int_equal(hsbus_connect("bogus://x", &o, &c), HSBUS_EINVAL);
+
+    f = fake_start();
+    o.token = "bad";
+    assert_int_equal(hsbus_connect(f->url, &o, &c), HSBUS_EAUTH);
+    assert_null(c);
+    assert_non_null(strstr(hsbus_errmsg(NULL), "bad token"));
+    o.token = "good";
+    assert_int_equal(hsbus_connect(f->url, &o, &c), HSBUS_OK);
+    hsbus_close(&c);
+    assert_null(c);
+    assert_int_equal(f->n_byes, 1);
+    fake_stop(f);
+}
+
+static void test_send_results(void **state)
+{
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    hsbus_msg m[3];
+    hsbus_result r[3];
+    uint64_t id = 0;
+
+    (void)state;
+    tc_msg(&m[0], "void", "a");
+    tc_msg(&m[1], "nobody", "b");
+    tc_msg(&m[2], "void", "c");
+    assert_int_equal(hsbus_send_batch(c, m, 3, r), HSBUS_OK);
+    assert_int_equal(r[0].err, HSBUS_OK);
+    assert_true(r[0].id > 0);
+    assert_int_equal(r[1].err, HSBUS_ENOROUTE);
+    assert_string_equal(r[1].msg, "no agent by that name");
+    assert_int_equal(r[2].err, HSBUS_OK);
+    assert_true(r[2].id > r[0].id);
+
+    assert_int_equal(hsbus_send(c, &m[0], &id), HSBUS_OK);
+    assert_true(id > r[2].id);
+    assert_int_equal(hsbus_send(c, &m[1], &id), HSBUS_ENOROUTE);
+    assert_string_equal(hsbus_errmsg(c), "no agent by that name");
+    assert_int_equal(hsbus_send_batch(c, m, 0, r), HSBUS_EINVAL);
+    for (int i = 0; i < 3; i++) {
+        hsbus_msg_clear(&m[i]);
+    }
+    hsbus_close(&c);
+    fake_stop(f);
+}
+
+static void test_fetch_acks(void **state)
+{
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    hsbus_msg m;
+    hsbus_msg *got[8];
+    size_t n = 0;
+    int64_t t0;
+
+    (void)state;
+    /* Nothing queued: a short long poll returns empty. */
+    t0 = tc_now_ms();
+    assert_int_equal(hsbus_fetch(c, 8, 100, got, &n), HSBUS_OK);
+    assert_int_equal(n, 0);
+    assert_true(tc_now_ms() - t0 >= 90);
+
+    for (int i = 0; i < 3; i++) {
+        char text[16];
+        snprintf(text, sizeof(text), "m%d", i);
+        tc_msg(&m, "self", text);
+        assert_int_equal(hsbus_send(c, &m, NULL), HSBUS_OK);
+        hsbus_msg_clear(&m);
+    }
+    assert_int_equal(hsbus_fetch(c, 8, 1000, got, &n), HSBUS_OK);
+    assert_int_equal(n, 3);
+    tc_assert_body(got[0], "m0");
+    tc_assert_body(got[2], "m2");
+    assert_string_equal(got[0]->from, "tester");
+    assert_int_equal(got[0]->deliveries, 1);
+    assert_int_equal(hsbus_ack(c, got[0]->id), HSBUS_OK);
+    assert_int_equal(hsbus_nack(c, got[1]->id, "cannot parse"), HSBUS_OK);
+    assert_int_equal(hsbus_ack(c, 0), HSBUS_EINVAL);
+    assert_false(fake_acked(f, got[0]->id));
+
+    /* The acks ride on the next fetch. */
+    assert_int_equal(hsbus_fetch(c, 8, 0, got + 3, &n), HSBUS_OK);
+    assert_int_equal(n, 0);
+    assert_true(fake_acked(f, got[0]->id));
+    assert_true(fake_nacked(f, got[1]->id));
+    assert_string_equal(f->last_nack_reason, "cannot parse");
+
+    /* hsbus_flush_acks sends them at once. */
+    assert_int_equal(hsbus_ack(c, got[2]->id), HSBUS_OK);
+    assert_int_equal(hsbus_flush_acks(c), HSBUS_OK);
+    assert_true(fake_acked(f, got[2]->id));
+    assert_int_equal(hsbus_flush_acks(c), HSBUS_OK); /* nothing pending: no request */
+
+    assert_int_equal(hsbus_fetch(c, 0, 0, got, &n), HSBUS_EINVAL);
+    for (int i = 0; i < 3; i++) {
+        hsbus_msg_free(&got[i]);
+    }
+    hsbus_close(&c);
+    fake_stop(f);
+}
+
+typedef struct tc_req_arg {
+    hsbus_client *c;
+    int thread;
+    int count;
+    int failures;
+} tc_req_arg;
+
+static void *tc_req_thread(void *p)
+{
+    tc_req_arg *a = p;
+
+    for (int i = 0; i < a->count; i++) {
+        char text[32];
+        hsbus_msg m, *reply = NULL;
+        const uint8_t *b;
+        size_t n;
+
+        snprintf(text, sizeof(text), "t%d-r%d", a->thread, i);
+        tc_msg(&m, (i % 5) == 4 ? "early" : "echo", text);
+        if (hsbus_request(a->c, &m, 3000, &reply) != HSBUS_OK || reply == NULL ||
+            hsbus_msg_body_bytes(reply, &b, &n) != HSBUS_OK || n != strlen(text) ||
+            memcmp(b, text, n) != 0) {
+            a->failures++;
+        }
+        hsbus_msg_free(&reply);
+        hsbus_msg_clear(&m);
+    }
+    return NULL;
+}
+
+static void test_request_parallel(void **state)
+{
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    pthread_t th[16];
+    tc_req_arg args[16];
+    int64_t t0 = tc_now_ms();
+
+    (void)state;
+    for (int i = 0; i < 16; i++) {
+        args[i] = (tc_req_arg){.c = c, .thread = i, .count = 25};
+        assert_int_equal(pthread_create(&th[i], NULL, tc_req_thread, &args[i]), 0);
+    }
+    for (int i = 0; i < 16; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    /* 5 rounds of "early" cost 100 ms each if the 16 threads pipeline, 80 x 100 ms if not. */
+    assert_true(tc_now_ms() - t0 < 4000);
+    hsbus_close(&c);
+    fake_stop(f);
+}
+
+static void test_request_errors(void **state)
+{
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    hsbus_msg m, *reply = (hsbus_msg *)&m;
+    int64_t t0;
+
+    (void)state;
+    tc_msg(&m, "fail", "x");
+    assert_int_equal(hsbus_request(c, &m, 2000, &reply), HSBUS_EEXPIRED);
+    assert_null(reply);
+    assert_string_equal(hsbus_errmsg(c), "expired in queue");
+    hsbus_msg_clear(&m);
+
+    tc_msg(&m, "nobody", "x");
+    assert_int_equal(hsbus_request(c, &m, 2000, &reply), HSBUS_ENOROUTE);
+    hsbus_msg_clear(&m);
+
+    tc_msg(&m, "void", "x");
+    t0 = tc_now_ms();
+    assert_int_equal(hsbus_request(c, &m, 200, &reply), HSBUS_ETIMEDOUT);
+    assert_true(tc_now_ms() - t0 >= 190);
+    assert_true(tc_now_ms() - t0 < 2000);
+    assert_null(reply);
+    hsbus_msg_clear(&m);
+    hsbus_close(&c);
+    fake_stop(f);
+}
+
+typedef struct tc_handler_state {
+    pthread_mutex_t mtx;
+    int seen;
+    int fails_left;
+} tc_handler_state;
+
+static hsbus_err tc_handler(hsbus_client *c, const hsbus_msg *msg, void *arg)
+{
+    tc_handler_state *s = arg;
+    hsbus_err rv = HSBUS_OK;
+
+    (void)c;
+    pthread_mutex_lock(&s->mtx);
+    s->seen++;
+    if (s->fails_left > 0) {
+        s->fails_left--;
+        rv = HSBUS_EBUSY;
+    }
+    pthread_mutex_unlock(&s->mtx);
+    (void)msg;
+    return rv;
+}
+
+static void test_handler(void **state)
+{
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    tc_handler_state hs = {.fails_left = 1};
+    hsbus_msg m;
+    hsbus_msg *got[1];
+    size_t n;
+    int64_t until;
+
+    (void)state;
+    pthread_mutex_init(&hs.mtx, NULL);
+    assert_int_equal(hsbus_set_handler(c, tc_handler, &hs), HSBUS_OK);
+    assert_int_equal(hsbus_start(c, 2), HSBUS_OK);
+    assert_int_equal(hsbus_start(c, 0), HSBUS_EINVAL);
+    assert_int_equal(hsbus_fetch(c, 1, 0, got, &n), HSBUS_EINVAL);
+    for (int i = 0; i < 5; i++) {
+        tc_msg(&m, "self", "h");
+        assert_int_equal(hsbus_send(c, &m, NULL), HSBUS_OK);
+        hsbus_msg_clear(&m);
+    }
+    until = tc_now_ms() + 3000;
+    for (;;) {
+        bool done;
+        pthread_mutex_lock(&f->mtx);
+        done = f->n_acks + f->n_nacks >= 5;
+        pthread_mutex_unlock(&f->mtx);
+        if (done || tc_now_ms() > until) {
+            break;
+        }
+        usleep(10 * 1000);
+    }
+    assert_int_equal(hs.seen, 5);
+    assert_int_equal(f->n_acks, 4);
+    assert_int_equal(f->n_nacks, 1);
+    assert_string_equal(f->last_nack_reason, hsbus_strerror(HSBUS_EBUSY));
+    hsbus_close(&c);
+    pthread_mutex_destroy(&hs.mtx);
+    fake_stop(f);
+}
+
+static void test_daemon_gone(void **state)
+{
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    hsbus_msg m, *reply = NULL;
+    hsbus_err err;
+
+    (void)state;
+    fake_stop(f);
+    usleep(50 * 1000);
+    tc_msg(&m, "void", "x");
+    err = hsbus_send(c, &m, NULL);
+    assert_true(err == HSBUS_ECLOSED || err == HSBUS_EIO || err == HSBUS_ETIMEDOUT);
+    err = hsbus_request(c, &m, 200, &reply);
+    assert_true(err == HSBUS_ECLOSED || err == HSBUS_EIO || err == HSBUS_ETIMEDOUT);
+    hsbus_msg_clear(&m);
+    hsbus_close(&c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_body_helpers),     cmocka_unit_test(test_connect_errors),
+        cmocka_unit_test(test_send_results),     cmocka_unit_test(test_fetch_acks),
+        cmocka_unit_test(test_request_parallel), cmocka_unit_test(test_request_errors),
+        cmocka_unit_test(test_handler),          cmocka_unit_test(test_daemon_gone),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
