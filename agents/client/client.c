@@ -1658,6 +1658,7 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
     hsbus_err err;
     uint64_t id = 0;
     int64_t deadline;
+    bool gone;
 
     if (reply != NULL) {
         *reply = NULL;
@@ -1732,13 +1733,13 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
             }
         }
     }
+    gone = c->closing || c->lost;
     pthread_mutex_unlock(&c->mtx);
 
     if (w.reply == NULL) {
-        err = c->closing || c->lost
-                  ? hsbus_fail(c, HSBUS_ECLOSED, "closed while waiting")
-                  : hsbus_fail(c, HSBUS_ETIMEDOUT, "no reply to message %llu in %d ms",
-                               (unsigned long long)id, timeout_ms);
+        err = gone ? hsbus_fail(c, HSBUS_ECLOSED, "closed or connection lost while waiting")
+                   : hsbus_fail(c, HSBUS_ETIMEDOUT, "no reply to message %llu in %d ms",
+                                (unsigned long long)id, timeout_ms);
     } else if (strcmp(w.reply->type, "sys.error") == 0) {
         err = hsbus_sys_error(c, w.reply);
         hsbus_msg_free(&w.reply);
