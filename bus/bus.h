@@ -24,6 +24,7 @@
 #ifndef HSB_BUS_BUS_H
 #define HSB_BUS_BUS_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -44,10 +45,13 @@ typedef struct bus_client bus_client;
  * count) lives in bus_delivery, not here.
  */
 typedef struct bus_msg {
-    hsb_envelope env;    /* env.body points at data[] below */
-    uint64_t enqueue_ms; /* when the broker accepted it; latency is measured from here */
-    size_t size;         /* bytes charged against queue limits: sizeof + body */
-    unsigned refs;       /* atomic; use bus_msg_ref / bus_msg_unref */
+    hsb_envelope env;        /* env.body points at data[] below */
+    uint64_t enqueue_ms;     /* when the broker accepted it; latency is measured from here */
+    size_t size;             /* bytes charged against queue limits: sizeof + body */
+    atomic_uint refs;        /* use bus_msg_ref / bus_msg_unref */
+    uint64_t sender_session; /* bus: the sending instance (bus_client_session), 0 for "sys" */
+    uint32_t durable_dests;  /* bus, loop thread: destinations still holding a durable message;
+                                the store's copy is removed when it drops to zero */
     uint8_t data[];
 } bus_msg;
 
@@ -117,9 +121,9 @@ typedef enum bus_breaker_state {
 
 /* Something the host should log (and count); the bus already published it where DESIGN.md says. */
 typedef struct bus_event {
-    const char *event; /* "breaker", "dead_letter", "expired", "redeliver", ... */
-    const char *agent; /* the agent concerned, or NULL */
-    uint64_t msg_id;   /* the message concerned, or 0 */
+    const char *event;          /* "breaker", "dead_letter", "expired", "redeliver", ... */
+    const char *agent;          /* the agent concerned, or NULL */
+    uint64_t msg_id;            /* the message concerned, or 0 */
     bus_breaker_state from, to; /* for "breaker" */
     const char *detail;         /* short text; never a body */
 } bus_event;
@@ -309,8 +313,8 @@ typedef struct bus_agent_stats {
     uint64_t queued_bytes;
     uint64_t in_flight;
     uint64_t parked_fetches;
-    uint64_t received;      /* accepted for this agent */
-    uint64_t delivered;     /* handed out, redeliveries included */
+    uint64_t received;  /* accepted for this agent */
+    uint64_t delivered; /* handed out, redeliveries included */
     uint64_t acked;
     uint64_t nacked;
     uint64_t redelivered;
@@ -318,7 +322,7 @@ typedef struct bus_agent_stats {
     uint64_t dead_lettered;
     uint64_t rejected_busy;
     uint64_t rejected_breaker;
-    uint64_t sent;          /* sent by this agent */
+    uint64_t sent; /* sent by this agent */
     bus_breaker_state breaker;
     bool breaker_forced;
     uint32_t breaker_consecutive_failures;
@@ -337,6 +341,8 @@ hsb_err bus_agent_stats_get(const bus *b, const char *agent, bus_agent_stats *st
 typedef struct bus_totals {
     uint64_t routed, no_route, busy, expired, dead_lettered, duplicates, displaced;
     uint64_t queued, in_flight, clients;
+    uint64_t rejected_breaker;   /* sends refused with E_BREAKER_OPEN */
+    uint64_t sys_errors_dropped; /* sys.error envelopes whose sender was gone or full */
 } bus_totals;
 void bus_totals_get(const bus *b, bus_totals *t);
 
