@@ -1,9 +1,10 @@
 /*
  * requester - sends N requests with hsbus_request from T threads and prints round-trip times.
  *
- *   requester [url] [to] [count] [threads] [body-bytes]
+ *   requester [url] [to] [count] [threads] [body-bytes] [receivers]
  *
- * Defaults: ipc://run/agents.sock, to "echo", 1000 requests, 16 threads, 64-byte bodies. Prints
+ * Defaults: ipc://run/agents.sock, to "echo", 1000 requests, 16 threads, 64-byte bodies, 1
+ * receiver thread (each keeps one fetch parked at the daemon). Prints
  * one JSON line: {"count":..,"errors":..,"secs":..,"rps":..,"p50_us":..,"p99_us":..,"max_us":..}.
  */
 #include <pthread.h>
@@ -81,6 +82,7 @@ int main(int argc, char **argv)
     size_t count = argc > 3 ? strtoul(argv[3], NULL, 10) : 1000;
     unsigned nthreads = argc > 4 ? (unsigned)atoi(argv[4]) : 16;
     size_t body_len = argc > 5 ? strtoul(argv[5], NULL, 10) : 64;
+    unsigned receivers = argc > 6 ? (unsigned)atoi(argv[6]) : 1;
     hsbus_opts opts = {.agent = "requester", .contexts = nthreads + 1};
     hsbus_client *client = NULL;
     pthread_t *th = NULL;
@@ -97,6 +99,10 @@ int main(int argc, char **argv)
     if (hsbus_connect(url, &opts, &client) != HSBUS_OK) {
         fprintf(stderr, "requester: connect %s: %s\n", url, hsbus_errmsg(NULL));
         return 1;
+    }
+    if (hsbus_start(client, receivers) != HSBUS_OK) {
+        fprintf(stderr, "requester: start: %s\n", hsbus_errmsg(client));
+        goto out;
     }
     th = calloc(nthreads, sizeof(*th));
     rcs = calloc(nthreads, sizeof(*rcs));
