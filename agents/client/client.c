@@ -87,8 +87,9 @@ HSBUS_SAME(HSBUS_PRIO_NORMAL, HSB_PRIO_NORMAL);
 #define HSBUS_DEF_CONTEXTS   16
 #define HSBUS_DEF_QUEUE_MAX  1024
 #define HSBUS_DEF_POLL_MS    1000
-#define HSBUS_DEF_RECV_MAX   ((size_t)64 << 20)
-#define HSBUS_FETCH_MAX      64 /* per receiver fetch: the credit one parked fetch grants */
+#define HSBUS_DEF_RECV_MAX   ((size_t)256 << 20)
+#define HSBUS_ENV_OVERHEAD   1024 /* generous bound on an envelope's bytes besides its body */
+#define HSBUS_FETCH_MAX      64   /* per receiver fetch: the credit one parked fetch grants */
 #define HSBUS_THREADS_MAX    64
 #define HSBUS_WAIT_MAX_MS    60000
 #define HSBUS_BYE_TIMEOUT_MS 1000
@@ -136,6 +137,7 @@ struct hsbus_client {
     int timeout_ms;
     unsigned poll_ms;
     size_t queue_max;
+    size_t recv_max; /* NNG_OPT_RECVMAXSZ */
     uint32_t max_body;
     uint32_t max_batch;
     char session[HSB_SESSION_MAX + 1];
@@ -877,6 +879,26 @@ static void hsbus_settle_acks(hsbus_client *c, hsb_fetch_req *f, bool sent)
 }
 
 /*
+ * hsbus_fetch_cap limits a fetch's max so that max bodies of the daemon's largest size fit in one
+ * reply under NNG_OPT_RECVMAXSZ, and to the daemon's batch limit.
+ */
+static uint32_t hsbus_fetch_cap(const hsbus_client *c, uint32_t max)
+{
+    size_t fit = c->recv_max / ((size_t)c->max_body + HSBUS_ENV_OVERHEAD);
+
+    if (fit < 1) {
+        fit = 1;
+    }
+    if (max > fit) {
+        max = (uint32_t)fit;
+    }
+    if (max > c->max_batch) {
+        max = c->max_batch;
+    }
+    return max;
+}
+
+/*
  * hsbus_do_fetch sends one fetch (with pending acks) on slot s and converts the envelopes of the
  * reply into owned messages: *out (malloc'ed array, caller frees it and its messages), *n.
  */
@@ -893,7 +915,7 @@ static hsbus_err hsbus_do_fetch(hsbus_client *c, hsbus_slot *s, uint32_t max, ui
     *n = 0;
     memset(&req, 0, sizeof(req));
     req.op = HSB_OP_FETCH;
-    req.u.fetch.max = max;
+    req.u.fetch.max = hsbus_fetch_cap(c, max);
     req.u.fetch.wait_ms = wait_ms;
     err = hsbus_take_acks(c, &req.u.fetch);
     if (err != HSBUS_OK) {
@@ -1387,10 +1409,18 @@ HSBUS_API hsbus_err hsbus_connect(const char *url, const hsbus_opts *opts, hsbus
         goto fail;
     }
     sock_open = true;
-    nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ,
-                        opts->recv_max > 0 ? opts->recv_max : HSBUS_DEF_RECV_MAX);
-    /* No resends: a fetch may be parked for a minute, and a resent send would duplicate. */
-    nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+    c->recv_max = opts->recv_max > 0 ? opts->recv_max : HSBUS_DEF_RECV_MAX;
+    /* A reply over the limit makes nng drop the connection, so fetches ask for no more than fits
+     * (see hsbus_fetch_cap). No resends: a fetch may be parked for a minute, and a resent send
+     * would duplicate messages. */
+    rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, c->recv_max);
+    if (rv == 0) {
+        rv = nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+    }
+    if (rv != 0) {
+        err = hsbus_fail_nng(NULL, rv, "socket options");
+        goto fail;
+    }
     nng_pipe_notify(c->sock, NNG_PIPE_EV_ADD_PRE, hsbus_pipe_cb, c);
     nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, hsbus_pipe_cb, c);
 

@@ -149,7 +149,8 @@ typedef struct hsbus_opts {
     unsigned contexts;             /* calls in flight at once (nng contexts); default 16 */
     unsigned queue_max;            /* local queue of received messages; default 1024 */
     unsigned poll_ms;              /* long-poll time of the receiver threads; default 1000 */
-    size_t recv_max;               /* largest reply accepted, bytes; default 64 MiB */
+    size_t recv_max; /* largest reply accepted (bytes); default 256 MiB; fetches ask for at
+                        most recv_max / (max_body + 1 KiB) messages so a reply always fits */
 } hsbus_opts;
 
 typedef struct hsbus_client hsbus_client;
