@@ -15,18 +15,27 @@ bool store_agent_table_allowed(const char *table, bool write)
     return !write && strcmp(table, "audit") == 0;
 }
 
+/* A schema change reads and writes SQLite's own catalog (sqlite_master): that is allowed when every
+ * table it creates, alters or drops is the agent's. */
+static bool store_agent_catalog(const store_stmt *s, const char *table)
+{
+    return s->ddl && strncmp(table, "sqlite_", 7) == 0;
+}
+
 static hsb_err store_agent_check(const store_stmt *s)
 {
     if (s->unsafe || s->txn) {
         return HSB_EDENIED;
     }
     for (size_t i = 0; i < s->n_reads; i++) {
-        if (!store_agent_table_allowed(s->reads[i], false)) {
+        if (!store_agent_table_allowed(s->reads[i], false) &&
+            !store_agent_catalog(s, s->reads[i])) {
             return HSB_EDENIED;
         }
     }
     for (size_t i = 0; i < s->n_writes; i++) {
-        if (!store_agent_table_allowed(s->writes[i], true)) {
+        if (!store_agent_table_allowed(s->writes[i], true) &&
+            !store_agent_catalog(s, s->writes[i])) {
             return HSB_EDENIED;
         }
     }
