@@ -1202,10 +1202,43 @@ HSBUS_API hsbus_err hsbus_start(hsbus_client *client, unsigned threads)
         break;
     }
     pthread_mutex_unlock(&client->start_mtx);
+    if (err == HSBUS_ECLOSED) {
+        return hsbus_fail(client, err, "client closed or connection lost");
+    }
     if (err != HSBUS_OK) {
         return hsbus_fail(client, err, "starting receiver threads failed");
     }
     return HSBUS_OK;
+}
+
+HSBUS_API hsbus_err hsbus_wait(hsbus_client *client, int timeout_ms)
+{
+    struct timespec until;
+    hsbus_err err = HSBUS_ETIMEDOUT;
+
+    if (client == NULL) {
+        return HSBUS_EINVAL;
+    }
+    until = hsbus_abstime(hsbus_now_ms() + (timeout_ms > 0 ? timeout_ms : 0));
+    pthread_mutex_lock(&client->mtx);
+    for (;;) {
+        if (client->closing || client->lost) {
+            err = HSBUS_ECLOSED;
+            break;
+        }
+        if (timeout_ms >= 0 &&
+            pthread_cond_timedwait(&client->queue_cv, &client->mtx, &until) == ETIMEDOUT) {
+            break;
+        }
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&client->queue_cv, &client->mtx);
+        }
+    }
+    pthread_mutex_unlock(&client->mtx);
+    if (err == HSBUS_ECLOSED) {
+        return hsbus_fail(client, err, "connection to the daemon lost");
+    }
+    return err;
 }
 
 HSBUS_API hsbus_err hsbus_set_handler(hsbus_client *client, hsbus_handler fn, void *arg)

@@ -298,6 +298,15 @@ HSBUS_API hsbus_err hsbus_set_handler(hsbus_client *client, hsbus_handler fn, vo
  */
 HSBUS_API hsbus_err hsbus_start(hsbus_client *client, unsigned threads);
 
+/*
+ * hsbus_wait blocks until the client's connection to the daemon is lost (then it returns
+ * HSBUS_ECLOSED) or timeout_ms passes (HSBUS_ETIMEDOUT; timeout_ms < 0 waits without limit). It
+ * lets a callback-style agent's main thread notice that the daemon went away: the library does not
+ * reconnect, so the agent closes the client and connects again. Any thread; blocks.
+ * Errors: HSBUS_EINVAL (client NULL), HSBUS_ECLOSED, HSBUS_ETIMEDOUT.
+ */
+HSBUS_API hsbus_err hsbus_wait(hsbus_client *client, int timeout_ms);
+
 /* ---- messages ---------------------------------------------------------------------------- */
 
 /* hsbus_msg_init sets *msg to an empty message: all zero, prio HSBUS_PRIO_NORMAL, no body. It

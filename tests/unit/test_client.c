@@ -684,8 +684,9 @@ static void test_daemon_gone(void **state)
     hsbus_err err;
 
     (void)state;
+    assert_int_equal(hsbus_wait(c, 50), HSBUS_ETIMEDOUT);
     fake_stop(f);
-    usleep(50 * 1000);
+    assert_int_equal(hsbus_wait(c, 2000), HSBUS_ECLOSED);
     tc_msg(&m, "void", "x");
     err = hsbus_send(c, &m, NULL);
     assert_true(err == HSBUS_ECLOSED || err == HSBUS_EIO || err == HSBUS_ETIMEDOUT);

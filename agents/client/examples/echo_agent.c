@@ -4,12 +4,12 @@
  *   echo_agent [url] [agent-name] [threads]
  *
  * Defaults: ipc://run/agents.sock, "ext-echo", 2 threads. The agent handles the type "ext.echo";
- * send it a message with to = its name or type = "ext.echo". Stops on SIGINT or SIGTERM.
+ * send it a message with to = its name or type = "ext.echo". Stops on SIGINT or SIGTERM (exit 0)
+ * or when the daemon goes away (exit 1).
  */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <unistd.h>
 
 #include <hsbus.h>
 
@@ -58,8 +58,12 @@ int main(int argc, char **argv)
     }
     fprintf(stderr, "echo_agent: serving as %s on %s\n", opts.agent, url);
     while (!echo_stop) {
-        pause();
+        err = hsbus_wait(client, 200); /* HSBUS_ECLOSED: the daemon went away */
+        if (err == HSBUS_ECLOSED) {
+            fprintf(stderr, "echo_agent: connection lost\n");
+            break;
+        }
     }
     hsbus_close(&client);
-    return 0;
+    return err == HSBUS_ECLOSED ? 1 : 0;
 }

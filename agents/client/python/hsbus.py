@@ -33,6 +33,8 @@ __all__ = ["Client", "Message", "HsbusError", "PRIO_CRITICAL", "PRIO_HIGH", "PRI
            "PRIO_LOW"]
 
 PRIO_CRITICAL, PRIO_HIGH, PRIO_NORMAL, PRIO_LOW = 0, 1, 2, 3
+# A few hsbus_err values (hsbus.h); HsbusError.name gives the name of any code.
+ENOROUTE, EBUSY, EAUTH, EIO, ETIMEDOUT, ECLOSED = 14, 16, 18, 24, 25, 26
 _NAME = 64 + 1
 _CID = 128 + 1
 
@@ -81,6 +83,7 @@ def _load():
         "hsbus_ack": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64]),
         "hsbus_nack": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p]),
         "hsbus_flush_acks": (ctypes.c_int, [ctypes.c_void_p]),
+        "hsbus_wait": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
         "hsbus_msg_init": (None, [_MsgP]),
         "hsbus_msg_clear": (None, [_MsgP]),
         "hsbus_msg_free": (None, [ctypes.POINTER(_MsgP)]),
@@ -257,6 +260,13 @@ class Client:
 
     def flush_acks(self):
         self._check(_L().hsbus_flush_acks(self._c))
+
+    def wait(self, timeout_ms=-1):
+        """Blocks until the connection is lost (returns False) or timeout_ms passes (True)."""
+        rv = _L().hsbus_wait(self._c, timeout_ms)
+        if rv not in (ECLOSED, ETIMEDOUT):
+            self._check(rv)
+        return rv != ECLOSED
 
     def close(self):
         """Says bye and frees the client. Safe to call twice."""
