@@ -187,8 +187,11 @@ HSBUS_API const char *hsbus_errmsg(const hsbus_client *client);
 /*
  * hsbus_connect dials url ("ipc:///path/agents.sock", "tcp://host:port"), waits for the connection,
  * and says hello as opts->agent with its token, handles and subscribes. On HSBUS_OK *clientp is a
- * new client that the caller owns and releases with hsbus_close; on error *clientp is NULL.
- * Any thread. Blocks up to opts->timeout_ms.
+ * new client that the caller owns and releases with hsbus_close; on error *clientp is NULL (the
+ * text is in hsbus_errmsg(NULL)). The connection is not re-established if it drops later: calls
+ * then fail with HSBUS_ECLOSED (see hsbus_wait), and the agent connects again.
+ * Any thread. Blocks while the transport connects (at once for ipc; the system's connect timeout
+ * for an unreachable tcp host), then up to opts->timeout_ms for hello.
  * Errors: HSBUS_EINVAL (NULL argument, no agent name, too many handles), HSBUS_EIO (nothing listens
  * at url, transport error), HSBUS_ETIMEDOUT, HSBUS_EAUTH (the daemon refused the token),
  * HSBUS_EVERSION, the daemon's own code for any other refused hello, HSBUS_ENOMEM.
