@@ -1522,9 +1522,8 @@ void bus_flush(bus *b)
         return; /* called from one of our own callbacks: the outer flush goes on */
     }
     b->flushing = true;
-    bool progress;
-    do {
-        progress = false;
+    for (;;) {
+        bool progress = false;
         /* Events first: the log should show a breaker opening before what follows from it. */
         for (size_t i = 0; i < b->n_events; i++) {
             bus_qevent q = b->events[i];
@@ -1556,10 +1555,12 @@ void bus_flush(bus *b)
                 progress = true;
             }
         }
-        while (bus_answer_due_fetch(b, now)) {
-            progress = true;
+        /* Empty answers only once nothing more can be delivered: a delivery to one agent can
+         * queue a sys.error for an instance of another. */
+        if (!progress && !bus_answer_due_fetch(b, now)) {
+            break;
         }
-    } while (progress);
+    }
     b->flushing = false;
 }
 
