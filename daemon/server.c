@@ -422,6 +422,9 @@ static void srv_signal_cb(uv_signal_t *h, int signum)
         return;
     }
     log_info("signal", "signal=%s", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    if (s->stopping) {
+        return; /* already in the final phase, whose timer must not be cancelled */
+    }
     if (s->draining) {
         /* A second signal: stop now. */
         uv_timer_stop(&s->drain_timer);
