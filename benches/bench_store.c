@@ -1,0 +1,504 @@
+/*
+ * benches/bench_store.c - bench-store: the store's two promises, measured.
+ *
+ *   (a) point reads through the pool: cached (query cache hits) vs uncached (a reader connection,
+ *       a cached prepared statement, one B-tree lookup). Goal: cached >= 5x uncached.
+ *   (b) durable writes acknowledged after COMMIT with synchronous=FULL: 64 writer threads, each
+ *       submitting one INSERT as a write job and waiting for its completion before the next, so
+ *       the writer groups them (one fsync per group). Next to it, in the same run and the same
+ *       directory, plain sqlite3 with the same settings (WAL, synchronous=FULL) on one connection:
+ *       one row per transaction, and 100 rows per transaction. Goal: group commit >= 1x the
+ *       100-rows-per-transaction reference. Rows are (id INTEGER PRIMARY KEY, v BLOB of 256 bytes).
+ *
+ * Output: a human table, then one JSON line. Percentiles come from every sample, sorted.
+ * Usage: bench-store [--short] [--dir DIR] [--seconds S] [--writers N]
+ */
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "daemon/store/store.h"
+
+#define BENCH_STORE_BLOB    256
+#define BENCH_STORE_ROWS    10000 /* rows in the read table */
+#define BENCH_STORE_HOT     1000  /* ids the readers pick from */
+#define BENCH_STORE_SAMPLES (1u << 20)
+#define BENCH_STORE_READERS 2
+
+typedef struct bench_store_opts {
+    bool short_run;
+    double seconds;
+    int writers;
+    char dir[256];
+} bench_store_opts;
+
+static uint64_t bench_store_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- latency samples -------------------------------------------------------------------- */
+
+typedef struct bench_store_lat {
+    uint64_t *v;
+    size_t n, cap;
+} bench_store_lat;
+
+static void bench_store_lat_add(bench_store_lat *l, uint64_t ns)
+{
+    if (l->n < l->cap) {
+        l->v[l->n++] = ns;
+    }
+}
+
+static int bench_store_cmp(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double bench_store_pct_us(bench_store_lat *l, double q)
+{
+    if (l->n == 0) {
+        return 0.0;
+    }
+    size_t i = (size_t)(q * (double)(l->n - 1));
+    return (double)l->v[i] / 1000.0;
+}
+
+static void bench_store_lat_merge(bench_store_lat *dst, const bench_store_lat *src)
+{
+    for (size_t i = 0; i < src->n; i++) {
+        bench_store_lat_add(dst, src->v[i]);
+    }
+}
+
+/* ---- results ---------------------------------------------------------------------------- */
+
+typedef struct bench_store_result {
+    const char *name;
+    uint64_t ops;
+    double secs;
+    double p50_us, p99_us;
+} bench_store_result;
+
+static double bench_store_rate(const bench_store_result *r)
+{
+    return r->secs > 0 ? (double)r->ops / r->secs : 0.0;
+}
+
+/* ---- (a) reads -------------------------------------------------------------------------- */
+
+typedef struct bench_store_reader {
+    store *st;
+    unsigned flags;
+    uint64_t until_ns;
+    uint64_t ops;
+    uint64_t errors;
+    uint32_t seed;
+    bench_store_lat lat;
+} bench_store_reader;
+
+static bool bench_store_row(void *arg, const hsb_value *cols, size_t n)
+{
+    *(size_t *)arg += n == 2 ? cols[1].u.s.n : 0;
+    return true;
+}
+
+static void *bench_store_reader_main(void *arg)
+{
+    bench_store_reader *r = arg;
+    size_t bytes = 0;
+    while (bench_store_now_ns() < r->until_ns) {
+        for (int k = 0; k < 64; k++) {
+            r->seed = r->seed * 1103515245u + 12345u;
+            hsb_value id = {.type = HSB_VALUE_INT, .u.i = 1 + (r->seed >> 8) % BENCH_STORE_HOT};
+            uint64_t t0 = bench_store_now_ns();
+            if (store_query(r->st, "SELECT id, v FROM bench_read WHERE id = ?", &id, 1, 0, r->flags,
+                            bench_store_row, &bytes) != HSB_OK) {
+                r->errors++;
+            }
+            bench_store_lat_add(&r->lat, bench_store_now_ns() - t0);
+            r->ops++;
+        }
+    }
+    return NULL;
+}
+
+static int bench_store_reads(store *st, unsigned flags, double secs, bench_store_result *res)
+{
+    bench_store_reader rd[BENCH_STORE_READERS];
+    pthread_t th[BENCH_STORE_READERS];
+    bench_store_lat all = {0};
+    uint64_t t0 = bench_store_now_ns();
+    uint64_t errors = 0;
+
+    all.cap = BENCH_STORE_SAMPLES * BENCH_STORE_READERS;
+    all.v = malloc(all.cap * sizeof(uint64_t));
+    res->ops = 0;
+    for (int i = 0; i < BENCH_STORE_READERS; i++) {
+        rd[i] = (bench_store_reader){.st = st,
+                                     .flags = flags,
+                                     .seed = 7u + (uint32_t)i,
+                                     .until_ns = t0 + (uint64_t)(secs * 1e9)};
+        rd[i].lat.cap = BENCH_STORE_SAMPLES;
+        rd[i].lat.v = malloc(rd[i].lat.cap * sizeof(uint64_t));
+        pthread_create(&th[i], NULL, bench_store_reader_main, &rd[i]);
+    }
+    for (int i = 0; i < BENCH_STORE_READERS; i++) {
+        pthread_join(th[i], NULL);
+        res->ops += rd[i].ops;
+        errors += rd[i].errors;
+        bench_store_lat_merge(&all, &rd[i].lat);
+        free(rd[i].lat.v);
+    }
+    res->secs = (double)(bench_store_now_ns() - t0) / 1e9;
+    qsort(all.v, all.n, sizeof(uint64_t), bench_store_cmp);
+    res->p50_us = bench_store_pct_us(&all, 0.50);
+    res->p99_us = bench_store_pct_us(&all, 0.99);
+    free(all.v);
+    if (errors > 0) {
+        fprintf(stderr, "bench-store: %llu read errors\n", (unsigned long long)errors);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- (b) group-commit writes ------------------------------------------------------------ */
+
+typedef struct bench_store_writer {
+    store *st;
+    int index;
+    uint64_t until_ns;
+    uint64_t ops;
+    uint64_t errors;
+    bench_store_lat lat;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    hsb_err err;
+} bench_store_writer;
+
+static void bench_store_write_done(void *arg, hsb_err err)
+{
+    bench_store_writer *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->done = true;
+    w->err = err;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void *bench_store_writer_main(void *arg)
+{
+    bench_store_writer *w = arg;
+    uint8_t blob[BENCH_STORE_BLOB];
+    int64_t seq = 0;
+
+    memset(blob, 0xab, sizeof(blob));
+    while (bench_store_now_ns() < w->until_ns) {
+        hsb_value v[2] = {
+            {.type = HSB_VALUE_INT, .u.i = (int64_t)w->index * 100000000 + seq++},
+            {.type = HSB_VALUE_BLOB, .u.s = {blob, sizeof(blob)}},
+        };
+        hsb_stmt s = {"INSERT INTO bench_write(id, v) VALUES (?, ?)", v, 2};
+        uint64_t t0 = bench_store_now_ns();
+        w->done = false;
+        hsb_err err = store_write(w->st, &s, 1, 0, bench_store_write_done, w);
+        if (err != HSB_OK) {
+            w->errors++;
+            continue;
+        }
+        pthread_mutex_lock(&w->mu);
+        while (!w->done) {
+            pthread_cond_wait(&w->cv, &w->mu);
+        }
+        pthread_mutex_unlock(&w->mu);
+        if (w->err != HSB_OK) {
+            w->errors++;
+            continue;
+        }
+        bench_store_lat_add(&w->lat, bench_store_now_ns() - t0);
+        w->ops++;
+    }
+    return NULL;
+}
+
+static int bench_store_group_writes(store *st, int writers, double secs, bench_store_result *res)
+{
+    bench_store_writer *w = calloc((size_t)writers, sizeof(*w));
+    pthread_t *th = calloc((size_t)writers, sizeof(*th));
+    bench_store_lat all = {0};
+    uint64_t errors = 0;
+    uint64_t t0 = bench_store_now_ns();
+
+    all.cap = BENCH_STORE_SAMPLES;
+    all.v = malloc(all.cap * sizeof(uint64_t));
+    res->ops = 0;
+    for (int i = 0; i < writers; i++) {
+        w[i].st = st;
+        w[i].index = i;
+        w[i].until_ns = t0 + (uint64_t)(secs * 1e9);
+        w[i].lat.cap = BENCH_STORE_SAMPLES / (size_t)writers;
+        w[i].lat.v = malloc(w[i].lat.cap * sizeof(uint64_t));
+        pthread_mutex_init(&w[i].mu, NULL);
+        pthread_cond_init(&w[i].cv, NULL);
+        pthread_create(&th[i], NULL, bench_store_writer_main, &w[i]);
+    }
+    for (int i = 0; i < writers; i++) {
+        pthread_join(th[i], NULL);
+        res->ops += w[i].ops;
+        errors += w[i].errors;
+        bench_store_lat_merge(&all, &w[i].lat);
+        free(w[i].lat.v);
+        pthread_cond_destroy(&w[i].cv);
+        pthread_mutex_destroy(&w[i].mu);
+    }
+    res->secs = (double)(bench_store_now_ns() - t0) / 1e9;
+    qsort(all.v, all.n, sizeof(uint64_t), bench_store_cmp);
+    res->p50_us = bench_store_pct_us(&all, 0.50);
+    res->p99_us = bench_store_pct_us(&all, 0.99);
+    free(all.v);
+    free(w);
+    free(th);
+    if (errors > 0) {
+        fprintf(stderr, "bench-store: %llu write errors\n", (unsigned long long)errors);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- reference: plain sqlite3 ----------------------------------------------------------- */
+
+static int bench_store_ref(const char *path, int per_txn, double secs, bench_store_result *res)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *ins = NULL, *begin = NULL, *commit = NULL;
+    uint8_t blob[BENCH_STORE_BLOB];
+    bench_store_lat lat = {0};
+    int64_t id = 1;
+    int rc = -1;
+
+    memset(blob, 0xab, sizeof(blob));
+    lat.cap = BENCH_STORE_SAMPLES;
+    lat.v = malloc(lat.cap * sizeof(uint64_t));
+    if (sqlite3_open(path, &db) != SQLITE_OK ||
+        sqlite3_exec(db,
+                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                     "CREATE TABLE IF NOT EXISTS bench_write(id INTEGER PRIMARY KEY, v BLOB)",
+                     NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "INSERT INTO bench_write(id, v) VALUES (?, ?)", -1, &ins, NULL) !=
+            SQLITE_OK ||
+        sqlite3_prepare_v2(db, "BEGIN", -1, &begin, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "COMMIT", -1, &commit, NULL) != SQLITE_OK) {
+        fprintf(stderr, "bench-store: reference: %s\n", sqlite3_errmsg(db));
+        goto out;
+    }
+    uint64_t t0 = bench_store_now_ns();
+    uint64_t until = t0 + (uint64_t)(secs * 1e9);
+    res->ops = 0;
+    while (bench_store_now_ns() < until) {
+        uint64_t t1 = bench_store_now_ns();
+        sqlite3_step(begin);
+        sqlite3_reset(begin);
+        for (int i = 0; i < per_txn; i++) {
+            sqlite3_bind_int64(ins, 1, id++);
+            sqlite3_bind_blob(ins, 2, blob, sizeof(blob), SQLITE_STATIC);
+            if (sqlite3_step(ins) != SQLITE_DONE) {
+                fprintf(stderr, "bench-store: reference insert: %s\n", sqlite3_errmsg(db));
+                goto out;
+            }
+            sqlite3_reset(ins);
+        }
+        if (sqlite3_step(commit) != SQLITE_DONE) {
+            fprintf(stderr, "bench-store: reference commit: %s\n", sqlite3_errmsg(db));
+            goto out;
+        }
+        sqlite3_reset(commit);
+        bench_store_lat_add(&lat, bench_store_now_ns() - t1);
+        res->ops += (uint64_t)per_txn;
+    }
+    res->secs = (double)(bench_store_now_ns() - t0) / 1e9;
+    qsort(lat.v, lat.n, sizeof(uint64_t), bench_store_cmp);
+    res->p50_us = bench_store_pct_us(&lat, 0.50);
+    res->p99_us = bench_store_pct_us(&lat, 0.99);
+    rc = 0;
+out:
+    sqlite3_finalize(ins);
+    sqlite3_finalize(begin);
+    sqlite3_finalize(commit);
+    sqlite3_close(db);
+    free(lat.v);
+    return rc;
+}
+
+/* ---- setup and main --------------------------------------------------------------------- */
+
+static void bench_store_done_count(void *arg, hsb_err err)
+{
+    if (err != HSB_OK) {
+        __atomic_add_fetch((int *)arg, 1, __ATOMIC_RELAXED);
+    }
+}
+
+static int bench_store_fill(store *st)
+{
+    uint8_t blob[BENCH_STORE_BLOB];
+    int failed = 0;
+    hsb_stmt create = {"CREATE TABLE bench_read(id INTEGER PRIMARY KEY, v BLOB)", NULL, 0};
+    hsb_stmt create_w = {"CREATE TABLE bench_write(id INTEGER PRIMARY KEY, v BLOB)", NULL, 0};
+
+    memset(blob, 0xcd, sizeof(blob));
+    if (store_write(st, &create, 1, 0, bench_store_done_count, &failed) != HSB_OK ||
+        store_write(st, &create_w, 1, 0, bench_store_done_count, &failed) != HSB_OK) {
+        return -1;
+    }
+    for (int64_t i = 1; i <= BENCH_STORE_ROWS; i++) {
+        hsb_value v[2] = {{.type = HSB_VALUE_INT, .u.i = i},
+                          {.type = HSB_VALUE_BLOB, .u.s = {blob, sizeof(blob)}}};
+        hsb_stmt s = {"INSERT INTO bench_read(id, v) VALUES (?, ?)", v, 2};
+        if (store_write(st, &s, 1, 0, bench_store_done_count, &failed) != HSB_OK) {
+            return -1;
+        }
+    }
+    store_sync(st);
+    return failed == 0 ? 0 : -1;
+}
+
+static void bench_store_unlink(const char *path)
+{
+    char p[512];
+    const char *sfx[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof(p), "%s%s", path, sfx[i]);
+        unlink(p);
+    }
+}
+
+static void bench_store_usage(void)
+{
+    fprintf(stderr, "usage: bench-store [--short] [--dir DIR] [--seconds S] [--writers N]\n");
+}
+
+int main(int argc, char **argv)
+{
+    bench_store_opts o = {.seconds = 3.0, .writers = 64};
+    char tmpl[300], path[400], ref1[400], ref100[400];
+    bench_store_result rd_unc = {.name = "read uncached"}, rd_c = {.name = "read cached"};
+    bench_store_result wr = {.name = "write group commit"}, r1 = {.name = "sqlite3 1 row/txn"},
+                       r100 = {.name = "sqlite3 100 rows/txn"};
+    store *st = NULL;
+    store_config cfg;
+    store_stats ss;
+    int rc = 1;
+
+    snprintf(o.dir, sizeof(o.dir), ".");
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--short") == 0) {
+            o.short_run = true;
+        } else if (strcmp(argv[i], "--dir") == 0 && i + 1 < argc) {
+            snprintf(o.dir, sizeof(o.dir), "%s", argv[++i]);
+        } else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
+            o.seconds = atof(argv[++i]);
+        } else if (strcmp(argv[i], "--writers") == 0 && i + 1 < argc) {
+            o.writers = atoi(argv[++i]);
+        } else {
+            bench_store_usage();
+            return 2;
+        }
+    }
+    if (o.short_run) {
+        o.seconds = 0.2;
+    }
+    if (o.seconds <= 0 || o.writers < 1) {
+        bench_store_usage();
+        return 2;
+    }
+    snprintf(tmpl, sizeof(tmpl), "%s/bench-store-XXXXXX", o.dir);
+    if (mkdtemp(tmpl) == NULL) {
+        perror("bench-store: mkdtemp");
+        return 1;
+    }
+    snprintf(path, sizeof(path), "%s/store.db", tmpl);
+    snprintf(ref1, sizeof(ref1), "%s/ref1.db", tmpl);
+    snprintf(ref100, sizeof(ref100), "%s/ref100.db", tmpl);
+
+    store_config_defaults(&cfg);
+    cfg.path = path;
+    cfg.sync = STORE_SYNC_FULL;
+    cfg.readers = BENCH_STORE_READERS;
+    if (store_open(&cfg, &st) != HSB_OK || bench_store_fill(st) != 0) {
+        fprintf(stderr, "bench-store: cannot set up %s\n", path);
+        goto out;
+    }
+
+    if (bench_store_reads(st, STORE_QUERY_NOCACHE, o.seconds, &rd_unc) != 0 ||
+        bench_store_reads(st, 0, o.seconds / 10, &rd_c) != 0 || /* warm */
+        bench_store_reads(st, 0, o.seconds, &rd_c) != 0) {
+        goto out;
+    }
+    store_pool_stats before;
+    store_pool_stats_get(store_pool_of(st), &before);
+    if (bench_store_group_writes(st, o.writers, o.seconds, &wr) != 0) {
+        goto out;
+    }
+    store_stats_get(st, &ss);
+    if (bench_store_ref(ref1, 1, o.seconds, &r1) != 0 ||
+        bench_store_ref(ref100, 100, o.seconds, &r100) != 0) {
+        goto out;
+    }
+
+    double groups = (double)(ss.pool.groups - before.groups);
+    double avg_group = groups > 0 ? (double)(ss.pool.jobs - before.jobs) / groups : 0.0;
+    double cached_ratio =
+        bench_store_rate(&rd_unc) > 0 ? bench_store_rate(&rd_c) / bench_store_rate(&rd_unc) : 0.0;
+    double vs1 = bench_store_rate(&r1) > 0 ? bench_store_rate(&wr) / bench_store_rate(&r1) : 0;
+    double vs100 =
+        bench_store_rate(&r100) > 0 ? bench_store_rate(&wr) / bench_store_rate(&r100) : 0;
+
+    printf("bench-store (%s, %.2f s per run, %d readers, %d writers, synchronous=FULL, WAL)\n",
+           o.short_run ? "short" : "full", o.seconds, BENCH_STORE_READERS, o.writers);
+    printf("%-26s %14s %10s %10s\n", "workload", "ops/s", "p50 us", "p99 us");
+    const bench_store_result *all[] = {&rd_unc, &rd_c, &wr, &r1, &r100};
+    for (size_t i = 0; i < 5; i++) {
+        printf("%-26s %14.0f %10.1f %10.1f\n", all[i]->name, bench_store_rate(all[i]),
+               all[i]->p50_us, all[i]->p99_us);
+    }
+    printf("cached/uncached reads: %.2fx (goal >= 5x)\n", cached_ratio);
+    printf("group commit vs 1 row/txn: %.2fx, vs 100 rows/txn: %.2fx (goal >= 1x); "
+           "avg group %.1f jobs, cache hit rate %.3f\n",
+           vs1, vs100, avg_group, ss.cache.hit_rate);
+    printf("{\"bench\":\"store\",\"short\":%s,\"seconds\":%.2f,\"writers\":%d,"
+           "\"read_uncached_per_s\":%.0f,\"read_uncached_p50_us\":%.2f,"
+           "\"read_uncached_p99_us\":%.2f,\"read_cached_per_s\":%.0f,\"read_cached_p50_us\":%.2f,"
+           "\"read_cached_p99_us\":%.2f,\"cached_ratio\":%.2f,"
+           "\"write_group_rows_per_s\":%.0f,\"write_group_p50_us\":%.1f,"
+           "\"write_group_p99_us\":%.1f,\"avg_group\":%.1f,"
+           "\"ref_1_rows_per_s\":%.0f,\"ref_100_rows_per_s\":%.0f,"
+           "\"ratio_vs_ref_1\":%.2f,\"ratio_vs_ref_100\":%.2f}\n",
+           o.short_run ? "true" : "false", o.seconds, o.writers, bench_store_rate(&rd_unc),
+           rd_unc.p50_us, rd_unc.p99_us, bench_store_rate(&rd_c), rd_c.p50_us, rd_c.p99_us,
+           cached_ratio, bench_store_rate(&wr), wr.p50_us, wr.p99_us, avg_group,
+           bench_store_rate(&r1), bench_store_rate(&r100), vs1, vs100);
+    fflush(stdout);
+    rc = 0;
+out:
+    if (st != NULL && store_close(st) != HSB_OK) {
+        fprintf(stderr, "bench-store: store_close failed\n");
+        rc = 1;
+    }
+    bench_store_unlink(path);
+    bench_store_unlink(ref1);
+    bench_store_unlink(ref100);
+    rmdir(tmpl);
+    return rc;
+}
