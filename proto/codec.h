@@ -2,8 +2,8 @@
  * proto/codec.h - encode and decode agent-protocol and control-protocol messages (msgpack-c).
  *
  * Wire shape (docs/protocol.md is the specification): every request and every reply is one msgpack
- * map. Requests carry "op" (agent protocol) or "cmd" (control protocol). Unknown keys are ignored so
- * that newer peers can add keys.
+ * map. Requests carry "op" (agent protocol) or "cmd" (control protocol). Unknown keys are ignored
+ * so that newer peers can add keys.
  *
  * Decoding is strict: the first problem found stops decoding and is reported with its own hsb_err
  * (HSB_ETYPE, HSB_EMISSING, HSB_EBADNAME, HSB_ETOOBIG, HSB_EBADPRIO, HSB_ETRUNC, HSB_ETRAILING,

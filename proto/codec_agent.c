@@ -34,8 +34,10 @@ static hsb_err proto_ignore_others(hsb_dec *dec, const msgpack_object **s, uint6
     int k;
     hsb_err err;
 
-    for (k = 0; k < PROTO_K_COUNT; k++) {
-        if ((rest & PROTO_BIT(k)) != 0 && s[k] != NULL) {
+    while (rest != 0) {
+        k = __builtin_ctzll(rest);
+        rest &= rest - 1;
+        if (s[k] != NULL) {
             proto_path p = {NULL, proto_key_name((proto_key)k), strlen(proto_key_name(k)), 0};
             err = proto_check_any(dec, &p, s[k], depth, NULL);
             if (err != HSB_OK) {
@@ -636,12 +638,17 @@ hsb_err hsb_enc_request(msgpack_packer *pk, const hsb_request *req)
     case HSB_OP_HELLO:
         rc = proto_enc_hello(pk, &req->u.hello);
         break;
-    case HSB_OP_SEND:
-        rc |= msgpack_pack_map(pk, 2);
-        rc |= proto_pack_key(pk, PROTO_K_OP);
-        rc |= proto_pack_cstr(pk, "send");
-        rc |= proto_pack_key(pk, PROTO_K_MSGS);
-        rc |= msgpack_pack_array(pk, req->u.send.n_msgs);
+    case HSB_OP_SEND: {
+        /* The head goes out in one write (see proto_wbuf in codec_int.h). */
+        proto_wbuf w;
+
+        w.len = 0;
+        rc |= proto_wb_pack_map(&w, 2);
+        rc |= proto_wb_pack_str(&w, 2) | proto_wb_pack_str_body(&w, "op", 2);
+        rc |= proto_wb_pack_str(&w, 4) | proto_wb_pack_str_body(&w, "send", 4);
+        rc |= proto_wb_pack_str(&w, 4) | proto_wb_pack_str_body(&w, "msgs", 4);
+        rc |= proto_wb_pack_array(&w, req->u.send.n_msgs);
+        rc |= proto_wbuf_flush(pk, &w);
         for (i = 0; i < req->u.send.n_msgs && rc == 0; i++) {
             err = hsb_enc_envelope(pk, &req->u.send.msgs[i]);
             if (err != HSB_OK) {
@@ -649,6 +656,7 @@ hsb_err hsb_enc_request(msgpack_packer *pk, const hsb_request *req)
             }
         }
         break;
+    }
     case HSB_OP_FETCH:
         rc = proto_enc_fetch(pk, &req->u.fetch);
         break;

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "proto/codec.h"
 
@@ -153,6 +154,49 @@ size_t proto_utf8_cut(const char *s, size_t len, size_t max);
  */
 hsb_err proto_dec_env(hsb_dec *dec, const proto_path *at, const msgpack_object *o, int depth,
                       bool request, hsb_envelope *env);
+
+/*
+ * A stack buffer for the fixed part of a message (everything but bodies), large enough for the
+ * longest envelope head: 14 keys, a 128-byte cid and five 64-byte names come to under 600 bytes.
+ */
+typedef struct proto_wbuf {
+    size_t len;
+    char buf[1024];
+} proto_wbuf;
+
+/*
+ * proto_wbuf_write appends len bytes to w; -1 when they do not fit. It is inline, and so are the
+ * proto_wb_pack_* functions below that call it: packing into a proto_wbuf compiles to stores.
+ */
+static inline int proto_wbuf_write(proto_wbuf *w, const char *buf, size_t len)
+{
+    if (len > sizeof(w->buf) - w->len) {
+        return -1;
+    }
+    memcpy(w->buf + w->len, buf, len);
+    w->len += len;
+    return 0;
+}
+
+/*
+ * msgpack-c's own packing template, instantiated a second time with a proto_wbuf as its target:
+ * proto_wb_pack_map, proto_wb_pack_str, proto_wb_pack_str_body, proto_wb_pack_uint64, ... encode
+ * exactly as msgpack_pack_* do, without an indirect call per value. (The template requires
+ * msgpack_pack_append_buffer to return the write's result, as msgpack/pack.h defines it.)
+ */
+#define msgpack_pack_inline_func(name)        static inline int proto_wb_pack##name
+#define msgpack_pack_inline_func_cint(name)   static inline int proto_wb_pack##name
+#define msgpack_pack_inline_func_fixint(name) static inline int proto_wb_pack_fix##name
+#define msgpack_pack_user                     proto_wbuf *
+#define msgpack_pack_append_buffer(user, buf, len)                                                 \
+    return proto_wbuf_write(user, (const char *)(buf), len)
+#include <msgpack/pack_template.h>
+
+/* proto_wbuf_flush hands w's bytes to pk in one write. 0 or -1 like msgpack_pack_*. */
+static inline int proto_wbuf_flush(msgpack_packer *pk, const proto_wbuf *w)
+{
+    return pk->callback(pk->data, w->buf, w->len);
+}
 
 /* Packing helpers that return 0 or -1 like msgpack_pack_*. */
 int proto_pack_cstr(msgpack_packer *pk, const char *s);

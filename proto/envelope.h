@@ -22,16 +22,16 @@
 
 #define HSB_PROTO_VERSION 1
 
-#define HSB_NAME_MAX     64          /* agent, type, topic and batch names: [a-z0-9._-]{1,64} */
-#define HSB_CID_MAX      128         /* idempotency key: any UTF-8, 1..128 bytes */
-#define HSB_TOKEN_MAX    256         /* hello token: any UTF-8, 0..256 bytes */
-#define HSB_REASON_MAX   256         /* nack reason and error text, UTF-8, truncated beyond */
-#define HSB_SESSION_MAX  64          /* session id returned by hello */
-#define HSB_BODY_MAX     (1u << 20)  /* default body limit, encoded bytes (1 MiB) */
-#define HSB_BATCH_MAX    1024        /* default limit of envelopes in one send or fetch */
-#define HSB_LIST_MAX     256         /* handles, subscribes, acks, nacks: entries per request */
-#define HSB_DEPTH_MAX    16          /* nesting of maps and arrays in one request, body included */
-#define HSB_TTL_MAX_MS   (7u * 24 * 3600 * 1000) /* one week */
+#define HSB_NAME_MAX    64         /* agent, type, topic and batch names: [a-z0-9._-]{1,64} */
+#define HSB_CID_MAX     128        /* idempotency key: any UTF-8, 1..128 bytes */
+#define HSB_TOKEN_MAX   256        /* hello token: any UTF-8, 0..256 bytes */
+#define HSB_REASON_MAX  256        /* nack reason and error text, UTF-8, truncated beyond */
+#define HSB_SESSION_MAX 64         /* session id returned by hello */
+#define HSB_BODY_MAX    (1u << 20) /* default body limit, encoded bytes (1 MiB) */
+#define HSB_BATCH_MAX   1024       /* default limit of envelopes in one send or fetch */
+#define HSB_LIST_MAX    256        /* handles, subscribes, acks, nacks: entries per request */
+#define HSB_DEPTH_MAX   16         /* nesting of maps and arrays in one request, body included */
+#define HSB_TTL_MAX_MS  (7u * 24 * 3600 * 1000) /* one week */
 
 typedef enum hsb_prio {
     HSB_PRIO_CRITICAL = 0,

@@ -64,8 +64,8 @@ typedef enum hsb_err {
 const char *hsb_err_wire(hsb_err err);
 
 /*
- * hsb_err_from_wire maps a wire string of len bytes (not NUL-terminated) back to its canonical code:
- * "E_BADMSG" -> HSB_EBADMSG, "E_TOOBIG" -> HSB_ETOOBIG, and so on. An unknown string maps to
+ * hsb_err_from_wire maps a wire string of len bytes (not NUL-terminated) back to its canonical
+ * code: "E_BADMSG" -> HSB_EBADMSG, "E_TOOBIG" -> HSB_ETOOBIG, and so on. An unknown string maps to
  * HSB_EINTERNAL so that a newer peer's code is never mistaken for success.
  */
 hsb_err hsb_err_from_wire(const char *s, size_t len);
