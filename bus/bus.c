@@ -28,11 +28,14 @@
  * then they are dead-lettered. Because host callbacks happen only in bus_flush, and bus_flush
  * re-reads its state after each callback, the host may call back into the bus from a callback.
  *
- * Time. All timing is lazy, in one min-heap (timer.c): ack timeouts and fetch waits are heap
- * entries checked against the current state when they come due; queue expiry is one entry per
- * agent at its earliest deadline, which sweeps that agent's queues (so there is no timer per
- * queued message); batch linger and breaker recovery are one entry per agent. Expired messages
- * are also dropped when they reach the head of a queue, so none is ever delivered late.
+ * Time. All timing is lazy, in one min-heap (timer.c) whose entries are checked against the
+ * current state when they come due, so nothing is ever cancelled. There is no timer per message:
+ * queue expiry is one entry per agent at its earliest deadline, which sweeps that agent's queues
+ * and re-arms at the next; ack timeouts are one entry per client at its earliest ack deadline
+ * (deadlines grow with delivery order, so a healthy client re-arms about once per ack timeout);
+ * batch linger and breaker recovery are one entry per agent; a fetch wait is one entry per parked
+ * fetch. Expired messages are also dropped when they reach the head of a queue, so none is ever
+ * delivered late, whenever the timers run.
  *
  * Errors after acceptance reach the sender as sys.error envelopes in its own instance queue; the
  * bus never answers a sys.error with another one, and counts what it cannot deliver.
@@ -91,6 +94,7 @@ struct bus_client {
     void *host_ctx;
     bus_prioq direct; /* addressed to this instance: replies, sys.error */
     bus_inflight inflight;
+    uint64_t ack_at;         /* the armed ack-timeout scan, 0 = none */
     bus_fetch_park *fetches; /* FIFO */
     size_t n_fetches;
     size_t cap_fetches;
@@ -979,7 +983,10 @@ static size_t bus_resolve(bus *b, const hsb_envelope *env, uint64_t now)
     if (env->corr != 0) {
         uint64_t session;
         void *agent;
-        if (bus_router_reply_find(&b->router, env->corr, now, &session, &agent)) {
+        /* A reply goes back to the instance that sent the request, unless it names another
+         * agent in `to` (then corr is only a reference and `to` decides). */
+        if (bus_router_reply_find(&b->router, env->corr, now, &session, &agent) &&
+            (env->to[0] == '\0' || strcmp(env->to, ((bus_agent *)agent)->name) == 0)) {
             b->dests[0].agent = agent;
             b->dests[0].client = bus_client_by_session(b, session);
             return 1;
@@ -1466,15 +1473,21 @@ static bool bus_deliver_one(bus *b, bus_agent *a, uint64_t now)
             .probe = probe,
         };
         if (bus_inflight_add(&c->inflight, &ie) != HSB_OK) {
-            /* Out of memory (or an id already in flight here): leave it for later. */
+            /* Out of memory (or an id already in flight here): leave it queued, and report no
+             * change unless something was delivered, so that flush does not spin on it. */
             (void)bus_prioq_put_force(direct ? &c->direct : &a->q, pe, true);
+            changed = false;
             break;
         }
         if (probe) {
             a->probes_in_flight++;
         }
-        bus_arm(b, BUS_TIMER_ACK, ie.ack_deadline, NULL, c->session, pe.msg->env.id,
-                ie.ack_deadline);
+        /* One timer per client at its earliest ack deadline, not one per message: deadlines
+         * grow with delivery order, so this arms only when the table was empty. */
+        if (c->ack_at == 0 || ie.ack_deadline < c->ack_at) {
+            c->ack_at = ie.ack_deadline;
+            bus_arm(b, BUS_TIMER_ACK, c->ack_at, NULL, c->session, 0, c->ack_at);
+        }
         a->delivered++;
         if (ie.deliveries > 1 && pe.msg->env.durable && b->has_persist &&
             b->pops.delivered != NULL) {
@@ -1621,6 +1634,39 @@ static void bus_sweep(bus *b, bus_agent *a, uint64_t now)
     }
 }
 
+/* Redelivers c's in-flight messages whose ack deadline has passed, then re-arms c's ack timer at
+ * the earliest deadline left. */
+static void bus_ack_scan(bus *b, bus_client *c, uint64_t now)
+{
+    bus_agent *a = c->agent;
+    uint64_t next = UINT64_MAX;
+    size_t i = 0;
+    c->ack_at = 0;
+    while (i < c->inflight.len) {
+        bus_inflight_entry *ie = &c->inflight.v[i];
+        if (ie->ack_deadline > now) {
+            if (ie->ack_deadline < next) {
+                next = ie->ack_deadline;
+            }
+            i++;
+            continue;
+        }
+        /* Taking swaps the last entry into position i, so i is not advanced. Redelivery never
+         * touches this table. */
+        bus_inflight_entry e;
+        bus_inflight_take(&c->inflight, ie->msg->env.id, &e);
+        if (e.probe && a->probes_in_flight > 0) {
+            a->probes_in_flight--;
+        }
+        bus_record_outcome(b, a, false, now);
+        bus_redeliver(b, a, c, &e, "ack_timeout", now);
+    }
+    if (next != UINT64_MAX) {
+        c->ack_at = next;
+        bus_arm(b, BUS_TIMER_ACK, next, NULL, c->session, 0, next);
+    }
+}
+
 void bus_run_timers(bus *b)
 {
     uint64_t now = bus_now(b);
@@ -1654,18 +1700,9 @@ void bus_run_timers(bus *b)
             break; /* bus_flush answers fetches whose wait has passed */
         case BUS_TIMER_ACK: {
             bus_client *c = bus_client_by_session(b, t.id);
-            bus_inflight_entry *ie = c != NULL ? bus_inflight_get(&c->inflight, t.id2) : NULL;
-            if (ie == NULL || ie->ack_deadline != t.gen) {
-                break;
+            if (c != NULL && c->ack_at == t.gen) {
+                bus_ack_scan(b, c, now);
             }
-            bus_inflight_entry e;
-            bus_inflight_take(&c->inflight, t.id2, &e);
-            bus_agent *a = c->agent;
-            if (e.probe && a->probes_in_flight > 0) {
-                a->probes_in_flight--;
-            }
-            bus_record_outcome(b, a, false, now);
-            bus_redeliver(b, a, c, &e, "ack_timeout", now);
             break;
         }
         case BUS_TIMER_BREAKER: {

@@ -22,7 +22,7 @@ typedef enum bus_timer_kind {
     BUS_TIMER_SWEEP = 0, /* obj: agent; expire queued messages */
     BUS_TIMER_BATCH,     /* obj: agent; release lingering batches */
     BUS_TIMER_FETCH,     /* id: client session; answer parked fetches whose wait passed */
-    BUS_TIMER_ACK,       /* id: client session, id2: message id; ack timeout */
+    BUS_TIMER_ACK,       /* id: client session; scan its in-flight table for ack timeouts */
     BUS_TIMER_BREAKER,   /* obj: agent; OPEN -> HALF_OPEN */
 } bus_timer_kind;
 

@@ -469,6 +469,62 @@ static void test_route_instances_share_load(void **state)
     assert_true(F->got[6].c != F->got[7].c);
 }
 
+static void test_route_reply_fallbacks(void **state)
+{
+    (void)state;
+    bus_client *p1 = ext("portal");
+    bus_client *e = ext("echo");
+    bus_client *a = ext("archive");
+    hsb_envelope m = env_to("echo", HSB_PRIO_NORMAL);
+    uint64_t req_id = send_ok(p1, &m);
+    /* corr with an explicit `to` elsewhere: `to` decides. */
+    hsb_envelope fwd = env_to("archive", HSB_PRIO_NORMAL);
+    fwd.corr = req_id;
+    send_ok(e, &fwd);
+    fetch(a, 10, 0, NULL);
+    bus_flush(F->b);
+    assert_int_equal(count_got(a), 1);
+    /* The requesting instance is gone: the reply goes to its agent, any instance. */
+    bus_detach(F->b, p1);
+    bus_client *p2 = ext("portal");
+    hsb_envelope r;
+    hsb_envelope_init(&r);
+    r.corr = req_id;
+    send_ok(e, &r);
+    fetch(p2, 10, 0, NULL);
+    bus_flush(F->b);
+    assert_int_equal(count_got(p2), 1);
+    /* An unknown corr and nothing else: no route. */
+    r.corr = 999999;
+    assert_int_equal(send1(e, &r).err, HSB_ENOROUTE);
+}
+
+static void test_ack_timeouts_of_several_messages(void **state)
+{
+    (void)state;
+    bus_agent_config ac = test_config().agent_defaults;
+    ac.ack_timeout_ms = 100;
+    bus_set_agent_config(F->b, "worker", &ac);
+    bus_client *p = ext("portal");
+    bus_client *w = attach("worker", NULL, NULL, BUS_CLIENT_PUSH, 8);
+    hsb_envelope m = env_to("worker", HSB_PRIO_NORMAL);
+    uint64_t a = send_ok(p, &m);
+    bus_flush(F->b);
+    tick(50);
+    uint64_t b = send_ok(p, &m);
+    uint64_t c = send_ok(p, &m);
+    bus_flush(F->b);
+    bus_ack(F->b, w, c);
+    tick(50); /* a times out; b is not due yet */
+    assert_int_equal(stats("worker").redelivered, 1);
+    assert_int_equal(F->got[F->n_got - 1].id, a);
+    assert_int_equal(F->got[F->n_got - 1].deliveries, 2);
+    tick(50); /* b times out */
+    assert_int_equal(stats("worker").redelivered, 2);
+    assert_int_equal(F->got[F->n_got - 1].id, b);
+    assert_int_equal(stats("worker").in_flight, 2);
+}
+
 /* ---- queues ------------------------------------------------------------------------------ */
 
 static void test_priority_order_under_backlog(void **state)
@@ -1178,6 +1234,8 @@ int main(void)
         T(test_route_no_route),
         T(test_route_reply_to_exact_instance),
         T(test_route_instances_share_load),
+        T(test_route_reply_fallbacks),
+        T(test_ack_timeouts_of_several_messages),
         T(test_priority_order_under_backlog),
         T(test_busy_by_count_and_bytes),
         T(test_displacement_tells_sender),
