@@ -676,6 +676,63 @@ static void test_handler(void **state)
     fake_stop(f);
 }
 
+/* With a receiver thread running, hsbus_fetch drains the local queue, which bounds the credit. */
+static void test_receiver_queue(void **state)
+{
+    fake *f = fake_start();
+    hsbus_opts o = {.agent = "tester", .timeout_ms = 5000, .poll_ms = 100, .queue_max = 3};
+    hsbus_client *c = NULL;
+    hsbus_msg m, *reply = NULL;
+    hsbus_msg *got[8];
+    size_t n = 0, total = 0;
+    int64_t until;
+
+    (void)state;
+    assert_int_equal(hsbus_connect(f->url, &o, &c), HSBUS_OK);
+    tc_msg(&m, "echo", "r");
+    assert_int_equal(hsbus_request(c, &m, 2000, &reply), HSBUS_OK); /* starts the receiver */
+    assert_int_equal(reply->corr != 0, true);
+    hsbus_msg_free(&reply);
+    hsbus_msg_clear(&m);
+    for (int i = 0; i < 7; i++) {
+        tc_msg(&m, "self", "q");
+        assert_int_equal(hsbus_send(c, &m, NULL), HSBUS_OK);
+        hsbus_msg_clear(&m);
+    }
+    usleep(300 * 1000);
+    /* The receiver stopped asking once the local queue was full: the rest wait at the daemon. */
+    pthread_mutex_lock(&f->mtx);
+    assert_true(f->q_len >= 4);
+    pthread_mutex_unlock(&f->mtx);
+    until = tc_now_ms() + 3000;
+    while (total < 7 && tc_now_ms() < until) {
+        assert_int_equal(hsbus_fetch(c, 8, 200, got, &n), HSBUS_OK);
+        assert_true(n <= 3);
+        for (size_t i = 0; i < n; i++) {
+            tc_assert_body(got[i], "q");
+            assert_int_equal(hsbus_ack(c, got[i]->id), HSBUS_OK);
+            hsbus_msg_free(&got[i]);
+        }
+        total += n;
+    }
+    assert_int_equal(total, 7);
+    /* The receiver carries the acks on its next fetch (poll_ms 100). */
+    until = tc_now_ms() + 2000;
+    for (;;) {
+        size_t acked;
+        pthread_mutex_lock(&f->mtx);
+        acked = f->n_acks;
+        pthread_mutex_unlock(&f->mtx);
+        if (acked >= 8 || tc_now_ms() > until) { /* 7 + the auto-acked reply */
+            assert_int_equal(acked, 8);
+            break;
+        }
+        usleep(10 * 1000);
+    }
+    hsbus_close(&c);
+    fake_stop(f);
+}
+
 static void test_daemon_gone(void **state)
 {
     fake *f = fake_start();
@@ -702,7 +759,8 @@ int main(void)
         cmocka_unit_test(test_body_helpers),     cmocka_unit_test(test_connect_errors),
         cmocka_unit_test(test_send_results),     cmocka_unit_test(test_fetch_acks),
         cmocka_unit_test(test_request_parallel), cmocka_unit_test(test_request_errors),
-        cmocka_unit_test(test_handler),          cmocka_unit_test(test_daemon_gone),
+        cmocka_unit_test(test_handler),          cmocka_unit_test(test_receiver_queue),
+        cmocka_unit_test(test_daemon_gone),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
