@@ -196,7 +196,9 @@ typedef enum bus_client_kind {
  * bus_attach registers an agent instance after a successful hello (the host has checked the
  * token). host_ctx is the host's per-connection object, returned by bus_client_host. For a push
  * client, mailbox is its standing credit. On HSB_OK *out is owned by the bus until bus_detach.
- * Errors: HSB_EBADNAME, HSB_ENOMEM, HSB_ESHUTDOWN (draining).
+ * Each of hello->handles (names or "prefix.*") and hello->subscribes becomes a route to this
+ * agent while at least one of its instances is attached. Errors: HSB_EBADNAME (agent, handles or
+ * subscribes), HSB_EINVAL (a push client with mailbox 0), HSB_ENOMEM, HSB_ESHUTDOWN (draining).
  */
 hsb_err bus_attach(bus *b, const hsb_hello *hello, bus_client_kind kind, uint32_t mailbox,
                    void *host_ctx, bus_client **out);
@@ -221,6 +223,14 @@ uint64_t bus_client_session(const bus_client *c);
  * HSB_ETOOBIG, HSB_EDURABLE, HSB_ESHUTDOWN... A repeated cid within the dedup window is answered
  * with HSB_OK and the first message's id, and is not routed again.
  *
+ * Routing, first match wins: corr naming a message sent within its deadline goes back to the
+ * sending instance's own queue (to its agent's queue if that instance is gone), unless `to` names
+ * another agent; then `to` = a known agent (configured, attached once, or restored: its queue
+ * waits for an instance until the deadline); then type (exact, then the longest "prefix.*");
+ * then topic (every subscribing agent shares one message; the result is HSB_OK if at least one
+ * queue took it). The deadline is now + ttl_ms, or the smallest default_ttl_ms among the
+ * destinations. A destination whose breaker is OPEN refuses non-durable messages.
+ *
  * When every result is final, *pending is false. When durable messages are still being committed,
  * *pending is true: results must stay valid (the caller keeps the array), the bus fills the
  * remaining entries and then calls host_ops->send_done(host, cookie). Returns HSB_OK, or
@@ -234,7 +244,9 @@ hsb_err bus_send(bus *b, bus_client *from, const hsb_envelope *envs, size_t n,
  * bus_fetch applies req's acks and nacks for c, then parks a fetch of up to req->max messages
  * that is answered through host_ops->deliver(cookie) at the next bus_flush with messages ready,
  * or when req->wait_ms has passed (with n = 0). External clients only.
- * Errors: HSB_EINVAL (a push client), HSB_ESHUTDOWN.
+ * Fetches keep working while the bus drains, so that queued messages can still be handed out.
+ * req->max of 0 means 64; more than HSB_BATCH_MAX is capped. Errors: HSB_EINVAL (a push client),
+ * HSB_ENOMEM (the acks and nacks were applied, nothing was parked).
  */
 hsb_err bus_fetch(bus *b, bus_client *c, const hsb_fetch_req *req, void *cookie);
 
@@ -243,8 +255,10 @@ void bus_fetch_cancel(bus *b, bus_client *c, void *cookie);
 
 /*
  * bus_ack and bus_nack settle one in-flight message of c (push clients, or external ones outside a
- * fetch). A nack counts as a breaker failure; handler_ms, when known, feeds the latency
- * histogram and the deadline-overrun check. Unknown ids are ignored (already settled).
+ * fetch). An ack feeds the agent's latency histogram (enqueue -> ack) and counts as a breaker
+ * success, or as a failure when it comes after the message's deadline (the handler outlived it).
+ * A nack counts as a breaker failure and puts the message back at the front of its lane, or
+ * dead-letters it with the reason at max_deliveries. Unknown ids are ignored (already settled).
  */
 void bus_ack(bus *b, bus_client *c, uint64_t id);
 void bus_nack(bus *b, bus_client *c, uint64_t id, const char *reason);
@@ -254,7 +268,12 @@ void bus_persist_done(bus *b, uint64_t token, hsb_err err);
 
 /*
  * bus_restore re-queues a durable message read back from the store at start-up, with its id,
- * lane, deadline and delivery count intact (no save is issued). An expired one is dead-lettered.
+ * lane, deadline and delivery count intact (no save is issued). A message with `to` goes to that
+ * agent's queue (the agent is created if it is not known yet: agents attach after the restore);
+ * one routed by type or topic needs a matching route and otherwise fails with HSB_ENOROUTE (the
+ * store keeps it). An expired one is dead-lettered with reason "expired" (dead_letter, then
+ * remove) and the call returns HSB_OK. Bounds and breakers do not apply. Errors: HSB_EINVAL
+ * (id 0 or a bad priority), HSB_ENOROUTE, HSB_ENOMEM.
  */
 hsb_err bus_restore(bus *b, const hsb_envelope *env);
 
@@ -272,10 +291,10 @@ void bus_run_timers(bus *b);
 uint64_t bus_next_timer(const bus *b);
 
 /*
- * bus_drain stops accepting new sends and attaches (HSB_ESHUTDOWN) and reports whether anything is
- * still queued or in flight for any client. The daemon keeps flushing until it returns true, its
- * drain timeout passes, or only messages for absent agents remain (then it persists durable ones
- * and exits).
+ * bus_drain stops accepting new sends and attaches (HSB_ESHUTDOWN) and returns true when the bus is
+ * settled: no durable save pending, nothing in flight, and nothing queued for an agent that has a
+ * connected instance (messages for absent agents do not hold the drain up). The daemon keeps
+ * flushing until it returns true or its drain timeout passes. May be called repeatedly.
  */
 bool bus_drain(bus *b);
 
