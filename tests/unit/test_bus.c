@@ -29,7 +29,9 @@ typedef struct got {
     uint8_t prio;
     char from[HSB_NAME_MAX + 1];
     char type[HSB_NAME_MAX + 1];
-    char err[32]; /* sys.error body's err */
+    char err[32];                  /* sys.error body's err */
+    char bto[32];                  /* sys.breaker body's to */
+    char bagent[HSB_NAME_MAX + 1]; /* sys.breaker body's agent */
 } got;
 
 typedef struct ev_rec {
@@ -66,7 +68,8 @@ static uint64_t fake_clock(void *arg)
     return ((fake *)arg)->now;
 }
 
-static void parse_err(const bus_msg *m, char *out, size_t len)
+/* Copies the string value of key from m's body (a msgpack map) into out, or "". */
+static void body_str(const bus_msg *m, const char *key, char *out, size_t len)
 {
     out[0] = '\0';
     if (m->env.body == NULL) {
@@ -79,8 +82,9 @@ static void parse_err(const bus_msg *m, char *out, size_t len)
         u.data.type == MSGPACK_OBJECT_MAP) {
         for (uint32_t i = 0; i < u.data.via.map.size; i++) {
             msgpack_object_kv *kv = &u.data.via.map.ptr[i];
-            if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 3 &&
-                memcmp(kv->key.via.str.ptr, "err", 3) == 0 && kv->val.type == MSGPACK_OBJECT_STR) {
+            if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == strlen(key) &&
+                memcmp(kv->key.via.str.ptr, key, strlen(key)) == 0 &&
+                kv->val.type == MSGPACK_OBJECT_STR) {
                 snprintf(out, len, "%.*s", (int)kv->val.via.str.size, kv->val.via.str.ptr);
             }
         }
@@ -110,7 +114,9 @@ static void fake_deliver(void *host, bus_client *c, void *cookie, const bus_deli
         g->prio = d[i].msg->env.prio;
         snprintf(g->from, sizeof(g->from), "%s", d[i].msg->env.from);
         snprintf(g->type, sizeof(g->type), "%s", d[i].msg->env.type);
-        parse_err(d[i].msg, g->err, sizeof(g->err));
+        body_str(d[i].msg, "err", g->err, sizeof(g->err));
+        body_str(d[i].msg, "to", g->bto, sizeof(g->bto));
+        body_str(d[i].msg, "agent", g->bagent, sizeof(g->bagent));
         uint64_t id = d[i].msg->env.id;
         bus_msg_unref(d[i].msg);
         if (f->auto_ack) {
@@ -788,6 +794,8 @@ static void test_breaker_opens_on_consecutive_and_fails_fast(void **state)
         if (F->got[i].c == ops) {
             assert_string_equal(F->got[i].from, "sys");
             assert_string_equal(F->got[i].type, "sys.breaker");
+            assert_string_equal(F->got[i].bagent, "worker");
+            assert_string_equal(F->got[i].bto, "open");
         }
     }
 }
@@ -1119,6 +1127,43 @@ static void test_restore_and_expired_restore(void **state)
     assert_true(send_ok(p, &m) > 501);
 }
 
+static void test_sys_error_dropped_when_sender_gone(void **state)
+{
+    (void)state;
+    bus_client *p = ext("portal");
+    ext("worker");
+    hsb_envelope m = env_to("worker", HSB_PRIO_NORMAL);
+    m.ttl_ms = 10;
+    send_ok(p, &m);
+    bus_detach(F->b, p);
+    tick(10);
+    bus_totals t;
+    bus_totals_get(F->b, &t);
+    assert_int_equal(t.expired, 1);
+    assert_int_equal(t.sys_errors_dropped, 1);
+    assert_int_equal(t.queued, 0);
+}
+
+static void test_send_refusals(void **state)
+{
+    (void)state;
+    bus_client *p = ext("portal");
+    ext("worker");
+    hsb_envelope m[3] = {env_to("worker", 7), env_to("worker", HSB_PRIO_NORMAL),
+                         env_to("worker", HSB_PRIO_LOW)};
+    static uint8_t big[HSB_BODY_MAX + 1];
+    m[1].body = big;
+    m[1].body_len = sizeof(big);
+    hsb_send_result r[3];
+    bool pending;
+    assert_int_equal(bus_send(F->b, p, m, 3, r, NULL, &pending), HSB_OK);
+    assert_false(pending);
+    assert_int_equal(r[0].err, HSB_EBADPRIO);
+    assert_int_equal(r[1].err, HSB_ETOOBIG);
+    assert_int_equal(r[2].err, HSB_OK); /* one bad message does not spoil the others */
+    assert_int_equal(stats("worker").received, 1);
+}
+
 /* ---- stats, drain, re-entry -------------------------------------------------------------- */
 
 static void test_stats_and_latency(void **state)
@@ -1258,6 +1303,8 @@ int main(void)
         T(test_durable_without_persist),
         T(test_durable_with_persist),
         T(test_restore_and_expired_restore),
+        T(test_sys_error_dropped_when_sender_gone),
+        T(test_send_refusals),
         T(test_stats_and_latency),
         T(test_foreach_in_name_order),
         T(test_drain),
