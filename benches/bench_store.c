@@ -11,7 +11,7 @@
  *       100-rows-per-transaction reference. Rows are (id INTEGER PRIMARY KEY, v BLOB of 256 bytes).
  *
  * Output: a human table, then one JSON line. Percentiles come from every sample, sorted.
- * Usage: bench-store [--short] [--dir DIR] [--seconds S] [--writers N]
+ * Usage: bench-store [--short] [--dir DIR] [--seconds S] [--writers N] [--writes-only]
  */
 #include <pthread.h>
 #include <stdbool.h>
@@ -37,6 +37,7 @@ typedef struct bench_store_opts {
     double seconds;
     int writers;
     char dir[256];
+    bool writes_only;
 } bench_store_opts;
 
 static uint64_t bench_store_now_ns(void)
@@ -386,7 +387,8 @@ static void bench_store_unlink(const char *path)
 
 static void bench_store_usage(void)
 {
-    fprintf(stderr, "usage: bench-store [--short] [--dir DIR] [--seconds S] [--writers N]\n");
+    fprintf(stderr, "usage: bench-store [--short] [--dir DIR] [--seconds S] [--writers N] "
+                    "[--writes-only]\n");
 }
 
 int main(int argc, char **argv)
@@ -409,6 +411,8 @@ int main(int argc, char **argv)
             snprintf(o.dir, sizeof(o.dir), "%s", argv[++i]);
         } else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
             o.seconds = atof(argv[++i]);
+        } else if (strcmp(argv[i], "--writes-only") == 0) {
+            o.writes_only = true;
         } else if (strcmp(argv[i], "--writers") == 0 && i + 1 < argc) {
             o.writers = atoi(argv[++i]);
         } else {
@@ -441,9 +445,9 @@ int main(int argc, char **argv)
         goto out;
     }
 
-    if (bench_store_reads(st, STORE_QUERY_NOCACHE, o.seconds, &rd_unc) != 0 ||
-        bench_store_reads(st, 0, o.seconds / 10, &rd_c) != 0 || /* warm */
-        bench_store_reads(st, 0, o.seconds, &rd_c) != 0) {
+    if (!o.writes_only && (bench_store_reads(st, STORE_QUERY_NOCACHE, o.seconds, &rd_unc) != 0 ||
+                           bench_store_reads(st, 0, o.seconds / 10, &rd_c) != 0 || /* warm */
+                           bench_store_reads(st, 0, o.seconds, &rd_c) != 0)) {
         goto out;
     }
     store_pool_stats before;
@@ -458,6 +462,10 @@ int main(int argc, char **argv)
     }
 
     double groups = (double)(ss.pool.groups - before.groups);
+    double commit_us =
+        groups > 0 ? (double)(ss.pool.commit_ns - before.commit_ns) / groups / 1e3 : 0;
+    double run_us = groups > 0 ? (double)(ss.pool.run_ns - before.run_ns) / groups / 1e3 : 0;
+    double done_us = groups > 0 ? (double)(ss.pool.done_ns - before.done_ns) / groups / 1e3 : 0;
     double avg_group = groups > 0 ? (double)(ss.pool.jobs - before.jobs) / groups : 0.0;
     double cached_ratio =
         bench_store_rate(&rd_unc) > 0 ? bench_store_rate(&rd_c) / bench_store_rate(&rd_unc) : 0.0;
@@ -473,21 +481,23 @@ int main(int argc, char **argv)
         printf("%-26s %14.0f %10.1f %10.1f\n", all[i]->name, bench_store_rate(all[i]),
                all[i]->p50_us, all[i]->p99_us);
     }
+    printf("writer per group: run %.0f us, COMMIT %.0f us, completions %.0f us\n", run_us,
+           commit_us, done_us);
     printf("cached/uncached reads: %.2fx (goal >= 5x)\n", cached_ratio);
     printf("group commit vs 1 row/txn: %.2fx, vs 100 rows/txn: %.2fx (goal >= 1x); "
-           "avg group %.1f jobs, cache hit rate %.3f\n",
-           vs1, vs100, avg_group, ss.cache.hit_rate);
+           "avg group %.1f jobs, avg COMMIT %.0f us, cache hit rate %.3f\n",
+           vs1, vs100, avg_group, commit_us, ss.cache.hit_rate);
     printf("{\"bench\":\"store\",\"short\":%s,\"seconds\":%.2f,\"writers\":%d,"
            "\"read_uncached_per_s\":%.0f,\"read_uncached_p50_us\":%.2f,"
            "\"read_uncached_p99_us\":%.2f,\"read_cached_per_s\":%.0f,\"read_cached_p50_us\":%.2f,"
            "\"read_cached_p99_us\":%.2f,\"cached_ratio\":%.2f,"
            "\"write_group_rows_per_s\":%.0f,\"write_group_p50_us\":%.1f,"
-           "\"write_group_p99_us\":%.1f,\"avg_group\":%.1f,"
+           "\"write_group_p99_us\":%.1f,\"avg_group\":%.1f,\"avg_commit_us\":%.0f,"
            "\"ref_1_rows_per_s\":%.0f,\"ref_100_rows_per_s\":%.0f,"
            "\"ratio_vs_ref_1\":%.2f,\"ratio_vs_ref_100\":%.2f}\n",
            o.short_run ? "true" : "false", o.seconds, o.writers, bench_store_rate(&rd_unc),
            rd_unc.p50_us, rd_unc.p99_us, bench_store_rate(&rd_c), rd_c.p50_us, rd_c.p99_us,
-           cached_ratio, bench_store_rate(&wr), wr.p50_us, wr.p99_us, avg_group,
+           cached_ratio, bench_store_rate(&wr), wr.p50_us, wr.p99_us, avg_group, commit_us,
            bench_store_rate(&r1), bench_store_rate(&r100), vs1, vs100);
     fflush(stdout);
     rc = 0;

@@ -290,7 +290,10 @@ static void store_pool_run_group(store_pool *p, store_job *jobs, size_t n)
     bool committed = false;
     hsb_err err;
     uint64_t commit_ns = 0;
+    uint64_t run_ns = 0;
     uint64_t failed = 0;
+
+    uint64_t t_begin = store_now_ns();
 
     w->n_written = 0;
     w->written_all = false;
@@ -322,6 +325,7 @@ static void store_pool_run_group(store_pool *p, store_job *jobs, size_t n)
         p->hooks.before_commit(p->hooks.arg, w->written, w->n_written, w->written_all);
     }
     uint64_t t0 = store_now_ns();
+    run_ns = t0 - t_begin;
     err = store_pool_exec_simple(w, "COMMIT");
     commit_ns = store_now_ns() - t0;
     if (err == HSB_OK) {
@@ -356,9 +360,11 @@ hooks:
         p->st.max_group = n;
     }
     p->st.commit_ns += commit_ns;
+    p->st.run_ns += run_ns;
     pthread_mutex_unlock(&p->mu);
 
     /* Completions: after COMMIT, in order, no lock held. */
+    uint64_t t_done = store_now_ns();
     while (jobs != NULL) {
         store_job *next = jobs->next;
         if (jobs->done != NULL) {
@@ -367,6 +373,10 @@ hooks:
         free(jobs);
         jobs = next;
     }
+    t_done = store_now_ns() - t_done;
+    pthread_mutex_lock(&p->mu);
+    p->st.done_ns += t_done;
+    pthread_mutex_unlock(&p->mu);
 }
 
 static void *store_pool_writer_main(void *arg)

@@ -88,6 +88,8 @@ typedef struct store_pool_stats {
     double avg_group;       /* jobs / groups */
     uint64_t commit_ns;     /* total time in COMMIT (the fsync) */
     double avg_commit_us;
+    uint64_t run_ns;       /* total time running jobs (BEGIN to before COMMIT) */
+    uint64_t done_ns;      /* total time in completions */
     uint64_t queued;       /* jobs waiting now */
     uint64_t refused_busy; /* submits refused because the queue was full */
     unsigned readers;
