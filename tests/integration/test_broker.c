@@ -808,6 +808,39 @@ static void t_drain_answers_parked_fetch(void **state)
     hsbus_close(&w);
 }
 
+static void t_plugin_agent(void **state)
+{
+    (void)state;
+    ith_daemon d;
+    char set[600];
+    const char *plugin = getenv("HSB_TEST_PLUGIN");
+    assert_non_null(plugin);
+    snprintf(set, sizeof(set), "agent.upper.plugin=%s", plugin);
+    const char *sets[] = {set, NULL};
+    assert_true(ith_start(&d, sets));
+    assert_true(ith_log_contains(&d, "event=agent_started agent=upper"));
+    hsbus_client *a = tb_connect(&d, "alice", NULL, 0, NULL, 0);
+    hsbus_msg m, *reply = NULL;
+    tb_msg(&m, NULL, "text.upper", NULL, "consent granted");
+    assert_int_equal(hsbus_request(a, &m, 5000, &reply), HSBUS_OK);
+    assert_true(tb_body_is(reply, "CONSENT GRANTED"));
+    assert_string_equal(reply->from, "upper");
+    hsbus_msg_free(&reply);
+    hsbus_msg_clear(&m);
+    hsbus_close(&a);
+    tb_stop(&d);
+}
+
+static void t_bad_plugin_refuses_start(void **state)
+{
+    (void)state;
+    ith_daemon d;
+    const char *sets[] = {"agent.ghost.plugin=/nonexistent/ghost.so", NULL};
+    assert_false(ith_start(&d, sets));
+    assert_true(ith_log_contains(&d, "event=plugin_failed agent=ghost"));
+    assert_int_equal(ith_stop(&d, false), -1); /* it had already exited */
+}
+
 int main(int argc, char **argv)
 {
     tb_self = argv[0];
@@ -830,6 +863,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(t_malformed_and_oversized),
         cmocka_unit_test(t_bad_token_refused),
         cmocka_unit_test(t_drain_answers_parked_fetch),
+        cmocka_unit_test(t_plugin_agent),
+        cmocka_unit_test(t_bad_plugin_refuses_start),
     };
     signal(SIGPIPE, SIG_IGN);
     const char *filter = getenv("HSB_TEST_FILTER");
