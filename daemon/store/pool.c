@@ -284,7 +284,51 @@ static hsb_err store_pool_exec_simple(store_conn *c, const char *sql)
     return store_conn_exec(c, sql, NULL, 0, NULL);
 }
 
-static void store_pool_run_group(store_pool *p, store_job *jobs, size_t n)
+/* Takes up to max queued jobs off the queue as a NULL-terminated list; returns how many. */
+static size_t store_pool_take_locked(store_pool *p, size_t max, store_job **first, store_job **last)
+{
+    size_t n = 0;
+    store_job *l = NULL;
+
+    *first = p->head;
+    for (store_job *j = p->head; j != NULL && n < max; j = j->next) {
+        l = j;
+        n++;
+    }
+    if (n == 0) {
+        *first = *last = NULL;
+        return 0;
+    }
+    p->head = l->next;
+    if (p->head == NULL) {
+        p->tail = NULL;
+    }
+    l->next = NULL;
+    p->queued -= n;
+    *last = l;
+    return n;
+}
+
+static void store_pool_run_jobs(store_conn *w, store_job *j)
+{
+    for (; j != NULL; j = j->next) {
+        if (j->run == NULL) {
+            j->err = HSB_OK;
+            continue;
+        }
+        j->err = store_pool_exec_simple(w, "SAVEPOINT store_job");
+        if (j->err != HSB_OK) {
+            continue;
+        }
+        j->err = j->run(w, j->arg);
+        if (j->err != HSB_OK) {
+            store_pool_exec_simple(w, "ROLLBACK TO store_job");
+        }
+        store_pool_exec_simple(w, "RELEASE store_job");
+    }
+}
+
+static void store_pool_run_group(store_pool *p, store_job *jobs, store_job *last, size_t n)
 {
     store_conn *w = &p->writer;
     bool committed = false;
@@ -305,21 +349,20 @@ static void store_pool_run_group(store_pool *p, store_job *jobs, size_t n)
         }
         goto hooks;
     }
-    for (store_job *j = jobs; j != NULL; j = j->next) {
-        if (j->run == NULL) {
-            j->err = HSB_OK;
-            continue;
+    store_pool_run_jobs(w, jobs);
+    /* Late joiners: jobs queued while these ran share this COMMIT (and its fsync) too. */
+    while (n < p->cfg.group_max) {
+        store_job *more, *more_last;
+        pthread_mutex_lock(&p->mu);
+        size_t m = store_pool_take_locked(p, p->cfg.group_max - n, &more, &more_last);
+        pthread_mutex_unlock(&p->mu);
+        if (m == 0) {
+            break;
         }
-        err = store_pool_exec_simple(w, "SAVEPOINT store_job");
-        if (err != HSB_OK) {
-            j->err = err;
-            continue;
-        }
-        j->err = j->run(w, j->arg);
-        if (j->err != HSB_OK) {
-            store_pool_exec_simple(w, "ROLLBACK TO store_job");
-        }
-        store_pool_exec_simple(w, "RELEASE store_job");
+        last->next = more;
+        last = more_last;
+        n += m;
+        store_pool_run_jobs(w, more);
     }
     if (p->hooks.before_commit != NULL && (w->n_written > 0 || w->written_all)) {
         p->hooks.before_commit(p->hooks.arg, w->written, w->n_written, w->written_all);
@@ -392,22 +435,11 @@ static void *store_pool_writer_main(void *arg)
         if (p->head == NULL) {
             break; /* closing and drained */
         }
-        store_job *first = p->head;
-        store_job *last = first;
-        size_t n = 1;
-        while (last->next != NULL && n < p->cfg.group_max) {
-            last = last->next;
-            n++;
-        }
-        p->head = last->next;
-        if (p->head == NULL) {
-            p->tail = NULL;
-        }
-        last->next = NULL;
-        p->queued -= n;
+        store_job *first, *last;
+        size_t n = store_pool_take_locked(p, p->cfg.group_max, &first, &last);
         pthread_mutex_unlock(&p->mu);
 
-        store_pool_run_group(p, first, n);
+        store_pool_run_group(p, first, last, n);
 
         pthread_mutex_lock(&p->mu);
     }
