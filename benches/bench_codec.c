@@ -8,8 +8,9 @@
  *   ref:  the same map packed with msgpack_pack_* into a reused msgpack_sbuffer, then
  *         msgpack_unpack into a reused zone, with no validation and no copies.
  * The reference is measured in the same run, interleaved with ours round by round (the order
- * alternates), so that a noisy machine slows both alike. The best round of each is reported, and
- * the median of the per-round ratios beside it.
+ * alternates), so that a noisy machine slows both alike. Time is the thread's CPU time, so that
+ * being descheduled does not count. The best round of each is reported, and the median of the
+ * per-round ratios beside it.
  *
  * Usage: bench-codec [--short] [--rounds N]. Prints one human line and one JSON line on stdout.
  * Exit status 0, or 1 if a decode fails (the numbers would be meaningless).
@@ -22,7 +23,7 @@
 #include "proto/codec.h"
 
 #define BENCH_CODEC_BODY   256
-#define BENCH_CODEC_ROUNDS 9
+#define BENCH_CODEC_ROUNDS 15
 
 static uint8_t bench_codec_body_bytes[BENCH_CODEC_BODY];
 
@@ -30,7 +31,7 @@ static double bench_codec_now(void)
 {
     struct timespec ts;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -178,14 +179,14 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    /* Warm up both paths and size a round to about 0.2 s of our codec. */
+    /* Warm up both paths and size a round to about 0.1 s of our codec. */
     n = short_form ? 2000 : 20000;
     t0 = bench_codec_now();
     rc |= bench_codec_ours(n, &sb_ours, &dec, &env);
     per = (bench_codec_now() - t0) / (double)n;
     rc |= bench_codec_ref(n, &sb_ref, &zone, &env);
     if (!short_form) {
-        n = (uint64_t)(0.2 / (per > 1e-9 ? per : 1e-9));
+        n = (uint64_t)(0.1 / (per > 1e-9 ? per : 1e-9));
     }
 
     for (i = 0; i < rounds && rc == 0; i++) {

@@ -769,8 +769,9 @@ int proto_pack_any(msgpack_packer *pk, const msgpack_object *o)
 /* ---- maps and typed values --------------------------------------------------------------- */
 
 hsb_err proto_collect(hsb_dec *dec, const proto_path *at, const msgpack_object *map, int depth,
-                      uint64_t wanted, const msgpack_object **slots)
+                      uint64_t wanted, const msgpack_object **slots, uint64_t *found)
 {
+    uint64_t seen = 0;
     uint32_t i;
     hsb_err err;
 
@@ -780,24 +781,25 @@ hsb_err proto_collect(hsb_dec *dec, const proto_path *at, const msgpack_object *
     }
     for (i = 0; i < map->via.map.size; i++) {
         const msgpack_object_kv *kv = &map->via.map.ptr[i];
-        proto_path p = {at, "?", 1, 0};
+        proto_path p;
 
         if (kv->key.type == MSGPACK_OBJECT_STR) {
             proto_key k = proto_key_lookup(kv->key.via.str.ptr, kv->key.via.str.size);
             if (k != PROTO_K_UNKNOWN && (wanted & PROTO_BIT(k)) != 0) {
-                if (slots[k] != NULL) {
+                if ((seen & PROTO_BIT(k)) != 0) {
                     return proto_fail(dec, HSB_EBADMSG, at, k, "duplicate key");
                 }
+                seen |= PROTO_BIT(k);
                 slots[k] = &kv->val;
                 continue;
             }
-            p.key = kv->key.via.str.ptr;
-            p.keylen = kv->key.via.str.size;
+            p = (proto_path){at, kv->key.via.str.ptr, kv->key.via.str.size, 0};
             if (!hsb_utf8_valid(p.key, p.keylen)) {
                 return proto_fail(dec, HSB_EUTF8, at, PROTO_K_UNKNOWN,
                                   "map key is not valid UTF-8");
             }
         } else {
+            p = (proto_path){at, "?", 1, 0};
             err = proto_check_any(dec, &p, &kv->key, depth + 1, NULL);
             if (err != HSB_OK) {
                 return err;
@@ -808,6 +810,9 @@ hsb_err proto_collect(hsb_dec *dec, const proto_path *at, const msgpack_object *
         if (err != HSB_OK) {
             return err;
         }
+    }
+    if (found != NULL) {
+        *found = seen;
     }
     return HSB_OK;
 }
@@ -850,6 +855,20 @@ hsb_err proto_get_name(hsb_dec *dec, const proto_path *at, proto_key key, const 
     }
     s = o->via.str.ptr;
     n = o->via.str.size;
+    if (!pattern && n > 0 && n <= HSB_NAME_MAX) {
+        /* Fast path for plain names: check while copying. */
+        uint32_t i;
+        unsigned char ok = 1;
+        for (i = 0; i < n; i++) {
+            ok &= proto_name_class[(unsigned char)s[i]];
+            dst[i] = s[i];
+        }
+        dst[n] = '\0';
+        if (ok) {
+            return HSB_OK;
+        }
+        dst[0] = '\0';
+    }
     if (pattern ? !hsb_pattern_valid(s, n) : !hsb_name_valid(s, n)) {
         if (!hsb_utf8_valid(s, n)) {
             return proto_fail(dec, HSB_EUTF8, at, key, "string is not valid UTF-8");
@@ -966,6 +985,25 @@ static hsb_err proto_dec_body(hsb_dec *dec, const proto_path *at, const msgpack_
     if (mem == NULL) {
         return proto_fail(dec, HSB_ENOMEM, at, PROTO_K_BODY, "out of memory");
     }
+    if (o->type == MSGPACK_OBJECT_BIN || o->type == MSGPACK_OBJECT_STR) {
+        /* The common flat bodies: header through the template, payload with one memcpy. */
+        proto_wbuf w;
+        size_t n = o->via.bin.size; /* str and bin share their layout */
+        w.len = 0;
+        if (o->type == MSGPACK_OBJECT_BIN) {
+            proto_wb_pack_bin(&w, n);
+        } else {
+            proto_wb_pack_str(&w, n);
+        }
+        if (w.len + n != size) {
+            return proto_fail(dec, HSB_EINTERNAL, at, PROTO_K_BODY, "re-encoding size mismatch");
+        }
+        memcpy(mem, w.buf, w.len);
+        memcpy(mem + w.len, o->via.bin.ptr, n);
+        env->body = (const uint8_t *)mem;
+        env->body_len = size;
+        return HSB_OK;
+    }
     sink.p = mem;
     sink.left = size;
     msgpack_packer_init(&pk, &sink, proto_sink_write);
@@ -998,7 +1036,7 @@ hsb_err proto_dec_env(hsb_dec *dec, const proto_path *at, const msgpack_object *
     if (o->type != MSGPACK_OBJECT_MAP) {
         return proto_fail(dec, HSB_ETYPE, at, PROTO_K_UNKNOWN, "envelope must be a map");
     }
-    err = proto_collect(dec, at, o, depth, wanted, s);
+    err = proto_collect(dec, at, o, depth, wanted, s, NULL);
     if (err != HSB_OK) {
         return err;
     }
@@ -1152,13 +1190,14 @@ int proto_pack_err_fields(msgpack_packer *pk, hsb_err err, const char *msg)
 }
 
 /* The helpers below write to a proto_wbuf with msgpack-c's template (see codec_int.h). */
-static inline int proto_wb_key(proto_wbuf *w, proto_key k)
+static inline __attribute__((always_inline)) int proto_wb_key(proto_wbuf *w, proto_key k)
 {
     return proto_wb_pack_str(w, proto_key_names[k].n) |
            proto_wb_pack_str_body(w, proto_key_names[k].s, proto_key_names[k].n);
 }
 
-static inline int proto_wb_name(proto_wbuf *w, proto_key k, const char *s, size_t cap)
+static inline __attribute__((always_inline)) int proto_wb_name(proto_wbuf *w, proto_key k,
+                                                               const char *s, size_t cap)
 {
     size_t n;
 
@@ -1169,7 +1208,8 @@ static inline int proto_wb_name(proto_wbuf *w, proto_key k, const char *s, size_
     return proto_wb_key(w, k) | proto_wb_pack_str(w, n) | proto_wb_pack_str_body(w, s, n);
 }
 
-static inline int proto_wb_uint(proto_wbuf *w, proto_key k, uint64_t v)
+static inline __attribute__((always_inline)) int proto_wb_uint(proto_wbuf *w, proto_key k,
+                                                               uint64_t v)
 {
     if (v == 0) {
         return 0;

@@ -24,13 +24,13 @@
      PROTO_BIT(PROTO_K_MSGS))
 
 /*
- * proto_ignore_others validates, as unknown keys, the collected keys in `all` but not in `own`:
+ * proto_ignore_others validates, as unknown keys, the keys in `present` but not in `own`:
  * keys of another op (or of the other reply shape) must still be well-formed values.
  */
-static hsb_err proto_ignore_others(hsb_dec *dec, const msgpack_object **s, uint64_t all,
+static hsb_err proto_ignore_others(hsb_dec *dec, const msgpack_object **s, uint64_t present,
                                    uint64_t own, int depth)
 {
-    uint64_t rest = all & ~own;
+    uint64_t rest = present & ~own;
     int k;
     hsb_err err;
 
@@ -205,7 +205,8 @@ static hsb_err proto_dec_nacks(hsb_dec *dec, const msgpack_object *o, hsb_fetch_
         if (m->type != MSGPACK_OBJECT_MAP) {
             return proto_fail(dec, HSB_ETYPE, &e, PROTO_K_UNKNOWN, "must be a map");
         }
-        err = proto_collect(dec, &e, m, 3, PROTO_BIT(PROTO_K_ID) | PROTO_BIT(PROTO_K_REASON), s);
+        err = proto_collect(dec, &e, m, 3, PROTO_BIT(PROTO_K_ID) | PROTO_BIT(PROTO_K_REASON), s,
+                            NULL);
         if (err != HSB_OK) {
             return err;
         }
@@ -296,6 +297,7 @@ hsb_err hsb_dec_request(hsb_dec *dec, const void *buf, size_t len, hsb_request *
     const msgpack_object *s[PROTO_K_COUNT] = {0};
     msgpack_object root;
     const msgpack_object *op;
+    uint64_t present = 0;
     uint64_t own = 0;
     hsb_err err;
 
@@ -304,7 +306,7 @@ hsb_err hsb_dec_request(hsb_dec *dec, const void *buf, size_t len, hsb_request *
     if (err != HSB_OK) {
         return err;
     }
-    err = proto_collect(dec, NULL, &root, 1, PROTO_REQ_KEYS, s);
+    err = proto_collect(dec, NULL, &root, 1, PROTO_REQ_KEYS, s, &present);
     if (err != HSB_OK) {
         return err;
     }
@@ -332,7 +334,7 @@ hsb_err hsb_dec_request(hsb_dec *dec, const void *buf, size_t len, hsb_request *
         return proto_fail(dec, HSB_EBADOP, NULL, PROTO_K_OP,
                           "unknown op (want hello, send, fetch or bye)");
     }
-    err = proto_ignore_others(dec, s, PROTO_REQ_KEYS & ~PROTO_BIT(PROTO_K_OP), own, 2);
+    err = proto_ignore_others(dec, s, present & ~PROTO_BIT(PROTO_K_OP), own, 2);
     if (err != HSB_OK) {
         return err;
     }
@@ -408,7 +410,7 @@ static hsb_err proto_dec_results(hsb_dec *dec, const msgpack_object *o, hsb_repl
         }
         err = proto_collect(dec, &e, m, 3,
                             PROTO_BIT(PROTO_K_ID) | PROTO_BIT(PROTO_K_ERR) | PROTO_BIT(PROTO_K_MSG),
-                            s);
+                            s, NULL);
         if (err != HSB_OK) {
             return err;
         }
@@ -448,8 +450,8 @@ static hsb_err proto_dec_limits(hsb_dec *dec, const msgpack_object *o, hsb_reply
     if (o->type != MSGPACK_OBJECT_MAP) {
         return proto_fail(dec, HSB_ETYPE, NULL, PROTO_K_LIMITS, "must be a map");
     }
-    err =
-        proto_collect(dec, &p, o, 2, PROTO_BIT(PROTO_K_MAX_BODY) | PROTO_BIT(PROTO_K_MAX_BATCH), s);
+    err = proto_collect(dec, &p, o, 2, PROTO_BIT(PROTO_K_MAX_BODY) | PROTO_BIT(PROTO_K_MAX_BATCH),
+                        s, NULL);
     if (err != HSB_OK) {
         return err;
     }
@@ -474,6 +476,7 @@ hsb_err hsb_dec_reply(hsb_dec *dec, hsb_op op, const void *buf, size_t len, hsb_
 {
     const msgpack_object *s[PROTO_K_COUNT] = {0};
     msgpack_object root;
+    uint64_t present = 0;
     uint64_t own = PROTO_BIT(PROTO_K_OK);
     hsb_err err;
 
@@ -486,7 +489,7 @@ hsb_err hsb_dec_reply(hsb_dec *dec, hsb_op op, const void *buf, size_t len, hsb_
     if ((unsigned)op > HSB_OP_BYE) {
         return proto_fail(dec, HSB_EINVAL, NULL, PROTO_K_UNKNOWN, "unknown op %d", (int)op);
     }
-    err = proto_collect(dec, NULL, &root, 1, PROTO_REP_KEYS, s);
+    err = proto_collect(dec, NULL, &root, 1, PROTO_REP_KEYS, s, &present);
     if (err != HSB_OK) {
         return err;
     }
@@ -506,7 +509,7 @@ hsb_err hsb_dec_reply(hsb_dec *dec, hsb_op op, const void *buf, size_t len, hsb_
     } else if (op == HSB_OP_FETCH) {
         own |= PROTO_BIT(PROTO_K_MSGS);
     }
-    err = proto_ignore_others(dec, s, PROTO_REP_KEYS, own, 2);
+    err = proto_ignore_others(dec, s, present, own, 2);
     if (err != HSB_OK) {
         return err;
     }

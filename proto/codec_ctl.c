@@ -39,7 +39,8 @@ hsb_err hsb_dec_ctl_request(hsb_dec *dec, const void *buf, size_t len, hsb_ctl_r
     if (err != HSB_OK) {
         return err;
     }
-    err = proto_collect(dec, NULL, &root, 1, PROTO_BIT(PROTO_K_CMD) | PROTO_BIT(PROTO_K_ARGS), s);
+    err = proto_collect(dec, NULL, &root, 1, PROTO_BIT(PROTO_K_CMD) | PROTO_BIT(PROTO_K_ARGS), s,
+                        NULL);
     if (err != HSB_OK) {
         return err;
     }
@@ -161,7 +162,7 @@ hsb_err hsb_dec_ctl_reply(hsb_dec *dec, const void *buf, size_t len, hsb_ctl_rep
     err = proto_collect(dec, NULL, &root, 1,
                         PROTO_BIT(PROTO_K_OK) | PROTO_BIT(PROTO_K_ERR) | PROTO_BIT(PROTO_K_MSG) |
                             PROTO_BIT(PROTO_K_DATA),
-                        s);
+                        s, NULL);
     if (err != HSB_OK) {
         return err;
     }

@@ -39,6 +39,9 @@ typedef struct proto_path {
     size_t idx; /* array index when key is NULL */
 } proto_path;
 
+/* proto_name_class[c] is 1 when byte c may appear in a name ([a-z0-9._-]); see envelope.c. */
+extern const unsigned char proto_name_class[256];
+
 /* Every key the protocols know. One lookup function serves all maps. */
 typedef enum proto_key {
     PROTO_K_OP = 0,
@@ -106,10 +109,10 @@ hsb_err proto_unpack(hsb_dec *dec, const void *buf, size_t len, msgpack_object *
  * proto_collect walks map (at depth `depth`, path at), stores a pointer to the value of each key
  * whose bit is set in wanted into slots[key] (slots must hold PROTO_K_COUNT entries and be zeroed
  * by the caller), and validates every other key and value with proto_check_any. A wanted key
- * that appears twice is HSB_EBADMSG.
+ * that appears twice is HSB_EBADMSG. If found is not NULL it receives the set of keys present.
  */
 hsb_err proto_collect(hsb_dec *dec, const proto_path *at, const msgpack_object *map, int depth,
-                      uint64_t wanted, const msgpack_object **slots);
+                      uint64_t wanted, const msgpack_object **slots, uint64_t *found);
 
 /*
  * proto_check_any validates any value at depth `depth` (1 = top-level map): containers within

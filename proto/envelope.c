@@ -6,10 +6,11 @@
  */
 #include <string.h>
 
+#include "proto/codec_int.h"
 #include "proto/envelope.h"
 
-/* proto_name_class[c] is 1 when c may appear in a name: [a-z0-9._-]. */
-static const unsigned char proto_name_class[256] = {
+/* proto_name_class[c] is 1 when c may appear in a name: [a-z0-9._-]. Shared with the codec. */
+const unsigned char proto_name_class[256] = {
     ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
     ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
     ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
