@@ -4,6 +4,7 @@
 #include "daemon/server.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "daemon/log.h"
+#include "daemon/store/store.h"
 
 /* The cookie of an agent's send that waits for a durable commit. */
 typedef struct srv_pending {
@@ -21,6 +23,13 @@ typedef struct srv_pending {
     size_t n;
     hsb_send_result results[];
 } srv_pending;
+
+/* A durable save's verdict, travelling from the store's writer thread to the loop. */
+typedef struct srv_store_done {
+    inbox_item item;
+    uint64_t token;
+    hsb_err err;
+} srv_store_done;
 
 uint64_t srv_now_ms(void)
 {
@@ -123,6 +132,92 @@ static const char *srv_agent_option(void *arg, const char *agent, const char *ke
     srv *s = arg;
     const config_agent *a = config_agent_find(&s->cfg, agent);
     return a != NULL ? config_agent_option(a, key) : NULL;
+}
+
+static hsb_err srv_agent_query(void *arg, const char *sql, const hsb_value *params, size_t n,
+                               uint32_t ttl_ms, hsb_row_fn row, void *row_arg)
+{
+    srv *s = arg;
+    return s->store != NULL ? store_agent_query(s->store, sql, params, n, ttl_ms, row, row_arg)
+                            : HSB_EINVAL;
+}
+
+static hsb_err srv_agent_write(void *arg, const hsb_stmt *stmt, hsb_done_fn done, void *done_arg)
+{
+    srv *s = arg;
+    return s->store != NULL ? store_agent_write(s->store, stmt, done, done_arg) : HSB_EINVAL;
+}
+
+static hsb_err srv_agent_txn(void *arg, const hsb_stmt *stmts, size_t n, hsb_done_fn done,
+                             void *done_arg)
+{
+    srv *s = arg;
+    return s->store != NULL ? store_agent_txn(s->store, stmts, n, done, done_arg) : HSB_EINVAL;
+}
+
+static hsb_err srv_agent_audit(void *arg, const char *agent, const char *event, const char *detail)
+{
+    srv *s = arg;
+    if (s->store == NULL) {
+        return HSB_EINVAL;
+    }
+    char d[1024];
+    snprintf(d, sizeof(d), "agent=%s %s", agent, detail != NULL ? detail : "");
+    return store_agent_audit(s->store, event, d);
+}
+
+/* Runs on the store's writer thread after the COMMIT: hand the verdict to the loop. */
+static void srv_store_post_done(void *arg, uint64_t token, hsb_err err)
+{
+    srv *s = arg;
+    if (atomic_load(&s->inbox_closed)) {
+        log_error("store_done_late", "token=%" PRIu64 " err=%s", token, hsb_err_name(err));
+        return;
+    }
+    srv_store_done *d = malloc(sizeof(*d));
+    if (d == NULL) {
+        /* The bus would wait forever for this verdict; there is no way to recover it. */
+        log_error("store_done_lost", "token=%" PRIu64 " reason=ENOMEM", token);
+        return;
+    }
+    d->item.kind = SRV_ITEM_STORE_DONE;
+    d->token = token;
+    d->err = err;
+    inbox_post(&s->ib, &d->item);
+}
+
+static bool srv_restore_one(void *arg, const hsb_envelope *env)
+{
+    srv *s = arg;
+    hsb_err err = bus_restore(s->bus, env);
+    if (err != HSB_OK) {
+        log_warn("restore_failed", "id=%" PRIu64 " err=%s", env->id, hsb_err_name(err));
+    }
+    return true;
+}
+
+/* srv_store_open opens the database, attaches it to the bus and re-queues durable messages. */
+static hsb_err srv_store_open(srv *s)
+{
+    store_config sc;
+    store_config_defaults(&sc);
+    sc.path = s->cfg.store_path;
+    sc.sync = strcmp(s->cfg.synchronous, "normal") == 0 ? STORE_SYNC_NORMAL : STORE_SYNC_FULL;
+    sc.readers = s->cfg.store_readers;
+    sc.cache_max_bytes = (size_t)s->cfg.cache_bytes;
+    sc.cache_ttl_ms = s->cfg.cache_ttl_ms;
+    hsb_err err = store_open(&sc, &s->store);
+    if (err != HSB_OK) {
+        log_error("store_open_failed", "path=%s err=%s", sc.path, hsb_err_name(err));
+        return err;
+    }
+    err = store_persist_new(s->store, srv_store_post_done, s, &s->persist);
+    if (err != HSB_OK) {
+        return err;
+    }
+    log_info("store_opened", "path=%s synchronous=%s readers=%u", sc.path, s->cfg.synchronous,
+             sc.readers);
+    return HSB_OK;
 }
 
 static bool srv_scratch_grow(srv *s, size_t n)
@@ -302,6 +397,10 @@ static hsb_err srv_agent_start(srv *s, const config_agent *conf)
     agent_host_services svc = {
         .arg = s,
         .post = srv_agent_post,
+        .query = srv_agent_query,
+        .write = srv_agent_write,
+        .txn = srv_agent_txn,
+        .audit = srv_agent_audit,
         .vlog = srv_agent_vlog,
         .now_ms = srv_agent_now,
         .option = srv_agent_option,
@@ -344,6 +443,12 @@ static void srv_inbox_handle(void *arg, inbox_item *item)
     case SRV_ITEM_AGENT_BATCH:
         srv_agent_batch(s, (agent_batch *)(void *)((char *)item - offsetof(agent_batch, link)));
         return;
+    case SRV_ITEM_STORE_DONE: {
+        srv_store_done *d = (srv_store_done *)item;
+        bus_persist_done(s->bus, d->token, d->err);
+        free(d);
+        return;
+    }
     default:
         if (item->kind >= SRV_ITEM_EXT && s->ext_handler != NULL) {
             s->ext_handler(s->ext_arg, item);
@@ -450,6 +555,13 @@ static void srv_stop_final(uv_timer_t *h)
         agent_host_stop(s->agents[i].host);
     }
     inbox_drain(&s->ib); /* the workers' last batches: acks, nacks, sends (refused) */
+    if (s->store != NULL) {
+        /* Let the writer finish what the bus queued (removes of acked messages, saves) and hand
+         * the verdicts to the bus while the inbox still works. Blocks briefly, once. */
+        store_sync(s->store);
+        inbox_drain(&s->ib);
+    }
+    atomic_store(&s->inbox_closed, true);
 
     uv_close((uv_handle_t *)&s->check, srv_close_cb);
     uv_close((uv_handle_t *)&s->prepare, srv_close_cb);
@@ -473,6 +585,18 @@ static void srv_stop(srv *s)
 }
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
+
+/* srv_store_close closes the store after the bus is gone (no more jobs can be queued). */
+static void srv_store_close(srv *s)
+{
+    atomic_store(&s->inbox_closed, true);
+    if (s->store != NULL && store_close(s->store) != HSB_OK) {
+        log_error("store_close_failed", NULL);
+    }
+    s->store = NULL;
+    store_persist_free(s->persist);
+    s->persist = NULL;
+}
 
 static hsb_err srv_mkdir(const char *path)
 {
@@ -537,13 +661,39 @@ hsb_err srv_init(srv *s, const config *cfg, const char *const *sets, size_t n_se
         .send_done = srv_bus_send_done,
         .event = srv_bus_event,
     };
-    s->cfg.bus.first_id = s->start_ms << 16; /* TODO(store): seed past the store's highest id */
+    /* Ids stay unique across restarts: start past both the clock (ms << 16 leaves room for 65536
+     * messages per ms) and the highest id the store still holds. */
+    s->cfg.bus.first_id = s->start_ms << 16;
+    if (s->cfg.store_enabled) {
+        err = srv_store_open(s);
+        if (err != HSB_OK) {
+            goto fail_store;
+        }
+        uint64_t max_id = 0;
+        if (store_durable_max_id(s->store, &max_id) == HSB_OK && max_id >= s->cfg.bus.first_id) {
+            s->cfg.bus.first_id = max_id + 1;
+        }
+    }
     err = bus_new(&s->cfg.bus, &host, s, &s->bus);
     if (err != HSB_OK) {
         log_error("bus_failed", "err=%s", hsb_err_name(err));
-        goto fail_inbox;
+        goto fail_store;
     }
     srv_apply_agent_configs(s);
+    if (s->store != NULL) {
+        bus_set_persist(s->bus, store_persist_ops(), s->persist);
+        uint64_t bad = 0;
+        bus_totals t0;
+        bus_totals_get(s->bus, &t0);
+        err = store_persist_load(s->store, srv_restore_one, s, &bad);
+        if (err != HSB_OK) {
+            log_error("restore_failed", "err=%s", hsb_err_name(err));
+            goto fail_bus;
+        }
+        bus_totals t1;
+        bus_totals_get(s->bus, &t1);
+        log_info("restored", "queued=%" PRIu64 " undecodable=%" PRIu64, t1.queued - t0.queued, bad);
+    }
 
     err = gw_new(&s->cfg, s->bus, &s->ib, &s->gw);
     if (err != HSB_OK) {
@@ -606,7 +756,8 @@ fail_agents:
 fail_bus:
     bus_free(s->bus);
     s->bus = NULL;
-fail_inbox:
+fail_store:
+    srv_store_close(s);
     inbox_close(&s->ib);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     inbox_fini(&s->ib);
@@ -634,6 +785,7 @@ bool srv_fini(srv *s)
     s->n_agents = 0;
     bus_free(s->bus);
     s->bus = NULL;
+    srv_store_close(s);
     inbox_fini(&s->ib);
     free(s->scratch_envs);
     free(s->scratch_results);

@@ -30,7 +30,7 @@
 /* Inbox item kinds of the server (the gateway's start at 1). */
 enum {
     SRV_ITEM_AGENT_BATCH = 16, /* an agent_batch back from a worker */
-    SRV_ITEM_STORE_DONE,       /* a durable save committed or failed */
+    SRV_ITEM_STORE_DONE,       /* a durable save committed or failed (srv_store_done) */
     SRV_ITEM_PENDING,          /* the cookie of an agent's durable send (not posted) */
     SRV_ITEM_EXT = 32,         /* control socket and other modules: their own kinds from here */
 };
@@ -62,7 +62,9 @@ struct srv {
     size_t n_sets;
     bus *bus;
     gw *gw;
-    struct store *store; /* NULL when [store] enabled = false */
+    struct store *store;           /* NULL when [store] enabled = false */
+    struct store_persist *persist; /* the bus's persistence adapter over the store */
+    _Atomic bool inbox_closed;     /* late store completions are dropped, not posted */
 
     srv_agent agents[CONFIG_AGENTS_MAX];
     size_t n_agents;

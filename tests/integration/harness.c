@@ -49,6 +49,10 @@ static bool ith_spawn(ith_daemon *d, const char *const *sets)
     argv[n++] = run;
     argv[n++] = "-d";
     argv[n++] = var;
+    /* Tests run in parallel: no fixed metrics port unless a test asks for one (later --set
+     * overrides win). */
+    argv[n++] = "--set";
+    argv[n++] = "metrics.enabled=false";
     for (size_t i = 0; sets != NULL && sets[i] != NULL && n < 120; i++) {
         argv[n++] = "--set";
         argv[n++] = sets[i];
