@@ -38,6 +38,16 @@
 #define FAKE_QMAX    4096
 #define FAKE_ACKMAX  8192
 
+/* cmocka's assertions must not fail on another thread than the test's: the fake's own checks
+ * abort instead. */
+#define FAKE_CHECK(cond)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "fake daemon: %s:%d: %s\n", __FILE__, __LINE__, #cond);                \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
 typedef struct fake_env {
     hsb_envelope env;
     uint8_t *body;
@@ -77,13 +87,13 @@ static void fake_push_locked(fake *f, const hsb_envelope *env)
 {
     fake_env *e;
 
-    assert_true(f->q_len < FAKE_QMAX);
+    FAKE_CHECK(f->q_len < FAKE_QMAX);
     e = &f->queue[(f->q_head + f->q_len) % FAKE_QMAX];
     e->env = *env;
     e->body = NULL;
     if (env->body != NULL && env->body_len > 0) {
         e->body = malloc(env->body_len);
-        assert_non_null(e->body);
+        FAKE_CHECK(e->body != NULL);
         memcpy(e->body, env->body, env->body_len);
         e->env.body = e->body;
     }
@@ -171,7 +181,7 @@ static void fake_handle(fake *f, hsb_dec *dec, nng_msg *in, nng_msg *out)
         hsb_send_result *res = calloc(req.u.send.n_msgs, sizeof(*res));
         bool early = false;
 
-        assert_non_null(res);
+        FAKE_CHECK(res != NULL);
         for (size_t i = 0; i < req.u.send.n_msgs; i++) {
             res[i] = fake_route(f, &req.u.send.msgs[i], &early);
         }
@@ -213,8 +223,8 @@ static void fake_handle(fake *f, hsb_dec *dec, nng_msg *in, nng_msg *out)
         n = f->q_len < req.u.fetch.max ? f->q_len : req.u.fetch.max;
         msgs = calloc(n + 1, sizeof(*msgs));
         taken = calloc(n + 1, sizeof(*taken));
-        assert_non_null(msgs);
-        assert_non_null(taken);
+        FAKE_CHECK(msgs != NULL);
+        FAKE_CHECK(taken != NULL);
         for (size_t i = 0; i < n; i++) {
             taken[i] = f->queue[f->q_head];
             f->q_head = (f->q_head + 1) % FAKE_QMAX;
@@ -242,40 +252,46 @@ static void fake_handle(fake *f, hsb_dec *dec, nng_msg *in, nng_msg *out)
     hsb_enc_reply(&pk, &rep);
 }
 
-static void *fake_worker(void *arg)
-{
-    fake *f = arg;
+/* One server context: everything is set up by fake_start on the main thread, so that a cmocka
+ * assertion never fails on a worker thread. */
+typedef struct fake_worker_ctx {
+    fake *f;
     nng_ctx ctx;
     nng_aio *aio;
     hsb_dec dec;
+} fake_worker_ctx;
 
-    assert_int_equal(hsb_dec_init(&dec), HSB_OK);
-    assert_int_equal(nng_aio_alloc(&aio, NULL, NULL), 0);
-    assert_int_equal(nng_ctx_open(&ctx, f->sock), 0);
+static void *fake_worker(void *arg)
+{
+    fake_worker_ctx *w = arg;
+
     for (;;) {
         nng_msg *in, *out;
 
-        nng_ctx_recv(ctx, aio);
-        nng_aio_wait(aio);
-        if (nng_aio_result(aio) != 0) {
+        nng_ctx_recv(w->ctx, w->aio);
+        nng_aio_wait(w->aio);
+        if (nng_aio_result(w->aio) != 0) {
             break;
         }
-        in = nng_aio_get_msg(aio);
-        assert_int_equal(nng_msg_alloc(&out, 0), 0);
-        fake_handle(f, &dec, in, out);
+        in = nng_aio_get_msg(w->aio);
+        if (nng_msg_alloc(&out, 0) != 0) {
+            nng_msg_free(in);
+            break;
+        }
+        fake_handle(w->f, &w->dec, in, out);
         nng_msg_free(in);
-        nng_aio_set_msg(aio, out);
-        nng_ctx_send(ctx, aio);
-        nng_aio_wait(aio);
-        if (nng_aio_result(aio) != 0) {
+        nng_aio_set_msg(w->aio, out);
+        nng_ctx_send(w->ctx, w->aio);
+        nng_aio_wait(w->aio);
+        if (nng_aio_result(w->aio) != 0) {
             nng_msg_free(out);
             break;
         }
     }
-    nng_aio_free(aio);
-    hsb_dec_fini(&dec);
     return NULL;
 }
+
+static fake_worker_ctx fake_ctxs[FAKE_WORKERS];
 
 static fake *fake_start(void)
 {
@@ -290,7 +306,12 @@ static fake *fake_start(void)
     assert_int_equal(nng_rep0_open(&f->sock), 0);
     assert_int_equal(nng_listen(f->sock, f->url, NULL, 0), 0);
     for (int i = 0; i < FAKE_WORKERS; i++) {
-        assert_int_equal(pthread_create(&f->workers[i], NULL, fake_worker, f), 0);
+        fake_worker_ctx *w = &fake_ctxs[i];
+        w->f = f;
+        assert_int_equal(hsb_dec_init(&w->dec), HSB_OK);
+        assert_int_equal(nng_aio_alloc(&w->aio, NULL, NULL), 0);
+        assert_int_equal(nng_ctx_open(&w->ctx, f->sock), 0);
+        assert_int_equal(pthread_create(&f->workers[i], NULL, fake_worker, w), 0);
     }
     fake_g = f;
     return f;
@@ -302,10 +323,17 @@ static void fake_stop(fake *f)
     f->stop = true;
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mtx);
-    nng_close(f->sock);
+    /* Close the contexts first and join the workers, so that no worker is inside nng_ctx_send
+     * while the socket is torn down (nng 1.5 does not survive that race). */
+    for (int i = 0; i < FAKE_WORKERS; i++) {
+        nng_ctx_close(fake_ctxs[i].ctx);
+    }
     for (int i = 0; i < FAKE_WORKERS; i++) {
         pthread_join(f->workers[i], NULL);
+        nng_aio_free(fake_ctxs[i].aio);
+        hsb_dec_fini(&fake_ctxs[i].dec);
     }
+    nng_close(f->sock);
     for (size_t i = 0; i < f->q_len; i++) {
         free(f->queue[(f->q_head + i) % FAKE_QMAX].body);
     }
