@@ -96,7 +96,7 @@ static void main_usage(FILE *out)
         "                       a regression\n"
         "  --keep               keep the temporary directory (daemon and agent logs)\n"
         "  -h, --help           this text\n"
-        "Exit: 0 done, 1 regression, 2 usage, 3 setup failed (daemon, reference).\n");
+        "Exit: 0 done, 1 regression, 2 usage, 3 setup failed (daemon, reference, a workload).\n");
 }
 
 /* ---- processes --------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ int main(int argc, char **argv)
     const char *sets[MAIN_SETS_MAX];
     size_t n_sets = 0;
     double duration = 0;
-    int trials = 1, threads = 0, ch, code = 3;
+    int trials = 1, threads = 0, ch, code = 3, setup_failed = 0;
     bool short_form = false, keep = false;
     bool sel[MAIN_N_WORKS] = {false};
 
@@ -534,8 +534,11 @@ int main(int argc, char **argv)
                 goto out_progress;
             }
             env.secs = duration;
-            if (main_run_one(&env, &main_works[i], cur) != 0 && cur->note[0] == '\0') {
-                snprintf(cur->note, sizeof(cur->note), "could not be set up");
+            if (main_run_one(&env, &main_works[i], cur) != 0) {
+                setup_failed++;
+                if (cur->note[0] == '\0') {
+                    snprintf(cur->note, sizeof(cur->note), "could not be set up");
+                }
             }
             snprintf(cur->name, sizeof(cur->name), "%s", main_works[i].name);
             cur->trial = t;
@@ -572,6 +575,10 @@ int main(int argc, char **argv)
     if (compare != NULL) {
         int g = bench_compare(&rep, compare);
         code = g == 0 ? code : g == 1 ? 1 : 2;
+    }
+    if (setup_failed > 0) {
+        fprintf(stderr, "hsbus-bench: %d workload(s) could not be set up\n", setup_failed);
+        code = code == 0 ? 3 : code;
     }
     if (bench_interrupted) {
         code = code == 0 ? 130 : code;
