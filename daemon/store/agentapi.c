@@ -65,7 +65,8 @@ hsb_err store_query(store *st, const char *sql, const hsb_value *params, size_t 
     }
     store_qresult_init(&res, st->cfg.cache_max_bytes ? st->cfg.cache_max_bytes / 8 : 2u << 20);
     if (use_cache) {
-        err = store_qkey_init(&key, sql, params, n);
+        /* Agents have their own key space: their entries passed the policy check. */
+        err = store_qkey_init_scoped(&key, (flags & STORE_QUERY_AGENT) ? 1 : 0, sql, params, n);
         if (err != HSB_OK) {
             return err;
         }

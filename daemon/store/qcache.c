@@ -212,11 +212,18 @@ static bool store_qbuf_put(uint8_t **buf, size_t *len, size_t *cap, const void *
 
 hsb_err store_qkey_init(store_qkey *key, const char *sql, const hsb_value *params, size_t n)
 {
+    return store_qkey_init_scoped(key, 0, sql, params, n);
+}
+
+hsb_err store_qkey_init_scoped(store_qkey *key, uint8_t scope, const char *sql,
+                               const hsb_value *params, size_t n)
+{
     size_t cap = 0;
     bool ok;
 
     memset(key, 0, sizeof(*key));
-    ok = store_qbuf_put(&key->buf, &key->len, &cap, sql, strlen(sql) + 1);
+    ok = store_qbuf_put(&key->buf, &key->len, &cap, &scope, 1) &&
+         store_qbuf_put(&key->buf, &key->len, &cap, sql, strlen(sql) + 1);
     for (size_t i = 0; ok && i < n; i++) {
         uint8_t tag = (uint8_t)params[i].type;
         uint64_t len;

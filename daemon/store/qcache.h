@@ -95,6 +95,12 @@ void store_qcache_free(store_qcache *qc);
 /* store_qkey_init builds the key of (sql, params[0..n)). Errors: HSB_ENOMEM, HSB_EINVAL (bad
  * value type). The key owns its buffer. */
 hsb_err store_qkey_init(store_qkey *key, const char *sql, const hsb_value *params, size_t n);
+
+/* store_qkey_init_scoped is store_qkey_init in a separate key space named by scope (0 is the
+ * default one). The agent API caches under its own scope, so that an agent never gets a result
+ * that was cached by a caller the agent policy was not applied to. */
+hsb_err store_qkey_init_scoped(store_qkey *key, uint8_t scope, const char *sql,
+                               const hsb_value *params, size_t n);
 void store_qkey_fini(store_qkey *key);
 
 /*
