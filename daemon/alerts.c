@@ -210,8 +210,9 @@ static void alerts_eval_agent(void *arg, const bus_agent_stats *st)
     if (datt > 0) {
         pct = 100.0 * (double)dfail / (double)datt;
     }
-    alerts_update(al, ALERTS_P99, e, cfg->alert_p99_ms > 0 && d.count > 0 && p99 > cfg->alert_p99_ms,
-                  p99, cfg->alert_p99_ms, w->now);
+    alerts_update(al, ALERTS_P99, e,
+                  cfg->alert_p99_ms > 0 && d.count > 0 && p99 > cfg->alert_p99_ms, p99,
+                  cfg->alert_p99_ms, w->now);
     /* At least 10 attempts in the interval, so one nack out of two is not a 50% alert. */
     alerts_update(al, ALERTS_ERROR_RATE, e,
                   cfg->alert_error_pct > 0 && datt >= 10 && pct > cfg->alert_error_pct, pct,

@@ -31,7 +31,8 @@
 #include "daemon/store/store.h"
 #endif
 
-#define CMDTAB_DECL(name, sub, args, min, max, flags, help, fn) static hsb_err fn(cmdtab_call *call);
+#define CMDTAB_DECL(name, sub, args, min, max, flags, help, fn)                                    \
+    static hsb_err fn(cmdtab_call *call);
 CMDTAB_COMMANDS(CMDTAB_DECL)
 #endif
 
@@ -608,8 +609,8 @@ static hsb_err cmdtab_dlq_list(cmdtab_call *call)
         return err;
     }
     if ((call->n_args > 0 && !cmdtab_parse_u64(call->args[0], &after)) ||
-        (call->n_args > 1 && (!cmdtab_parse_u64(call->args[1], &limit) || limit == 0 ||
-                              limit > 10000))) {
+        (call->n_args > 1 &&
+         (!cmdtab_parse_u64(call->args[1], &limit) || limit == 0 || limit > 10000))) {
         snprintf(call->msg, sizeof(call->msg),
                  "usage: dlq list [AFTER_ID [LIMIT]] (numbers; LIMIT 1..10000)");
         return HSB_EINVAL;
@@ -679,7 +680,7 @@ static bool cmdtab_dlq_show_row(void *arg, const store_dlq_rec *rec)
 
 static hsb_err cmdtab_dlq_show(cmdtab_call *call)
 {
-    cmdtab_dlq_one o = {call, {0}, false};
+    cmdtab_dlq_one o;
     uint64_t id;
     hsb_err err;
 
@@ -690,6 +691,8 @@ static hsb_err cmdtab_dlq_show(cmdtab_call *call)
         snprintf(call->msg, sizeof(call->msg), "usage: dlq show ID (a number)");
         return HSB_EINVAL;
     }
+    memset(&o, 0, sizeof(o));
+    o.call = call;
     if (hsb_dec_init(&o.dec) != HSB_OK) {
         return HSB_ENOMEM;
     }
@@ -958,8 +961,9 @@ static hsb_err cmdtab_no_store(cmdtab_call *call)
             return HSB_EINVAL;
         }
     }
-    snprintf(call->msg, sizeof(call->msg), "store not available: this hsbusd runs without the "
-                                           "SQLite store");
+    snprintf(call->msg, sizeof(call->msg),
+             "store not available: this hsbusd runs without the "
+             "SQLite store");
     return HSB_EIO;
 }
 

@@ -35,7 +35,7 @@
  * not available" and the store is reported absent.
  */
 #ifndef HSB_OPS_STORE
-#define HSB_OPS_STORE 0
+#define HSB_OPS_STORE 1
 #endif
 
 #define CMDTAB_LIVE   1u /* a live view: `hsbusctl --watch` may repeat it */

@@ -39,11 +39,11 @@ typedef struct control_ctx {
     hsb_dec dec; /* owns req's strings; used by this context only */
     hsb_ctl_request req;
     cmdtab_call call;
-    cmdtab_fn next;     /* set by control_call_continue: the stage the loop runs next */
+    cmdtab_fn next;      /* set by control_call_continue: the stage the loop runs next */
     msgpack_sbuffer buf; /* the reply being built */
     msgpack_packer pk;
     uint64_t peer_pid;
-    atomic_uint holds; /* see control_release */
+    atomic_uint holds;         /* see control_release */
     struct control_ctx *qnext; /* worker queue */
 } control_ctx;
 
@@ -249,8 +249,9 @@ static void control_dispatch(control_ctx *cc, nng_msg *m)
         if (uid == UINT64_MAX) {
             log_warn("control_denied", "reason=no_peer_credentials");
         } else {
-            log_warn("control_denied", "peer_uid=%" PRIu64 " peer_pid=%" PRIu64 " daemon_uid=%" PRIu64,
-                     uid, cc->peer_pid, c->uid);
+            log_warn("control_denied",
+                     "peer_uid=%" PRIu64 " peer_pid=%" PRIu64 " daemon_uid=%" PRIu64, uid,
+                     cc->peer_pid, c->uid);
         }
         control_reply_err(cc, HSB_EDENIED,
                           "permission denied: the control socket serves only the daemon's user "
@@ -272,8 +273,8 @@ static void control_dispatch(control_ctx *cc, nng_msg *m)
     if (e == NULL) {
         char msg[160];
         if (known) {
-            snprintf(msg, sizeof(msg), "unknown or missing sub-command for \"%s\" (see hsbusctl help)",
-                     cc->req.cmd);
+            snprintf(msg, sizeof(msg),
+                     "unknown or missing sub-command for \"%s\" (see hsbusctl help)", cc->req.cmd);
         } else {
             snprintf(msg, sizeof(msg), "unknown command \"%s\" (see hsbusctl help)", cc->req.cmd);
         }
@@ -292,9 +293,9 @@ static void control_dispatch(control_ctx *cc, nng_msg *m)
         log_debug("control_command", "cmd=%s sub=%s peer_pid=%" PRIu64, e->name,
                   e->sub != NULL ? e->sub : "-", cc->peer_pid);
     } else {
-        log_info("control_command", "cmd=%s sub=%s nargs=%zu peer_uid=%" PRIu64
-                 " peer_pid=%" PRIu64, e->name, e->sub != NULL ? e->sub : "-",
-                 cc->req.n_args - rest, uid, cc->peer_pid);
+        log_info("control_command",
+                 "cmd=%s sub=%s nargs=%zu peer_uid=%" PRIu64 " peer_pid=%" PRIu64, e->name,
+                 e->sub != NULL ? e->sub : "-", cc->req.n_args - rest, uid, cc->peer_pid);
     }
 
     msgpack_sbuffer_clear(&cc->buf);
@@ -355,8 +356,7 @@ void control_handle(control *c, inbox_item *item)
     control_run(cc, fn);
 }
 
-hsb_err control_start(srv *s, struct alerts *al, const char *url, unsigned ncontexts,
-                      control **out)
+hsb_err control_start(srv *s, struct alerts *al, const char *url, unsigned ncontexts, control **out)
 {
     control *c;
     nng_listener l;

@@ -46,15 +46,15 @@ typedef struct control control;
 /* What a handler sees. Built by the control socket; valid until the reply is sent. */
 struct cmdtab_call {
     struct srv *s;
-    struct alerts *al;                 /* rates, loop lag, firing alerts */
-    const cmdtab_entry *entry;         /* the row being run */
-    const char *const *args;           /* arguments after the sub-command */
+    struct alerts *al;         /* rates, loop lag, firing alerts */
+    const cmdtab_entry *entry; /* the row being run */
+    const char *const *args;   /* arguments after the sub-command */
     size_t n_args;
-    msgpack_packer *pk;                /* pack exactly one value: the reply's data */
-    char msg[HSB_REASON_MAX + 1];      /* error text when the handler fails */
-    void *scratch;                     /* a handler's state between stages; freed by control */
-    uint64_t u64;                      /* a handler's number between stages */
-    void *ctx;                         /* control's context; private */
+    msgpack_packer *pk;           /* pack exactly one value: the reply's data */
+    char msg[HSB_REASON_MAX + 1]; /* error text when the handler fails */
+    void *scratch;                /* a handler's state between stages; freed by control */
+    uint64_t u64;                 /* a handler's number between stages */
+    void *ctx;                    /* control's context; private */
 };
 
 /*

@@ -1,6 +1,7 @@
 /*
  * daemon/metrics.c - /metrics and /healthz over nng's HTTP server (see metrics.h for the model).
  */
+#include <arpa/inet.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -153,7 +154,8 @@ typedef struct metrics_buf {
     bool failed;
 } metrics_buf;
 
-static void metrics_printf(metrics_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void metrics_printf(metrics_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void metrics_printf(metrics_buf *b, const char *fmt, ...)
 {
@@ -198,7 +200,7 @@ static void metrics_one(metrics_buf *b, const char *name, const char *type, cons
                         double v)
 {
     metrics_head(b, name, type, help);
-    metrics_printf(b, "%s %.17g\n", name, v);
+    metrics_printf(b, "%s %.10g\n", name, v);
 }
 
 /* Per-agent counters: one family per field, one line per agent. */
@@ -209,17 +211,25 @@ typedef struct metrics_agent_field {
     bool counter;
 } metrics_agent_field;
 
-#define METRICS_AF(n, f, c, h) {"hsbus_agent_" n, h, offsetof(bus_agent_stats, f), c}
+#define METRICS_AF(n, f, c, h)                                                                     \
+    {                                                                                              \
+        "hsbus_agent_" n, h, offsetof(bus_agent_stats, f), c                                       \
+    }
 static const metrics_agent_field metrics_agent_fields[] = {
     METRICS_AF("received_total", received, true, "Messages accepted for the agent."),
-    METRICS_AF("delivered_total", delivered, true, "Messages handed to the agent, redeliveries included."),
+    METRICS_AF("delivered_total", delivered, true,
+               "Messages handed to the agent, redeliveries included."),
     METRICS_AF("acked_total", acked, true, "Messages the agent acknowledged."),
     METRICS_AF("nacked_total", nacked, true, "Messages the agent refused (nack)."),
-    METRICS_AF("redelivered_total", redelivered, true, "Messages delivered again after a nack, timeout or disconnect."),
+    METRICS_AF("redelivered_total", redelivered, true,
+               "Messages delivered again after a nack, timeout or disconnect."),
     METRICS_AF("expired_total", expired, true, "Messages whose deadline passed before delivery."),
-    METRICS_AF("dead_lettered_total", dead_lettered, true, "Messages moved to the dead-letter table."),
-    METRICS_AF("rejected_busy_total", rejected_busy, true, "Sends refused with E_BUSY (queue full)."),
-    METRICS_AF("rejected_breaker_total", rejected_breaker, true, "Sends refused with E_BREAKER_OPEN."),
+    METRICS_AF("dead_lettered_total", dead_lettered, true,
+               "Messages moved to the dead-letter table."),
+    METRICS_AF("rejected_busy_total", rejected_busy, true,
+               "Sends refused with E_BUSY (queue full)."),
+    METRICS_AF("rejected_breaker_total", rejected_breaker, true,
+               "Sends refused with E_BREAKER_OPEN."),
     METRICS_AF("sent_total", sent, true, "Messages sent by the agent."),
     METRICS_AF("breaker_transitions_total", breaker_transitions, true, "Breaker state changes."),
     METRICS_AF("queue_bytes", queued_bytes, false, "Bytes queued for the agent."),
@@ -273,11 +283,13 @@ static void metrics_format_agents(metrics_buf *b, const metrics_snap *sn)
         uint64_t cum = 0;
         for (int k = 0; k < BUS_HIST_BUCKETS; k++) {
             cum += a->latency.counts[k];
-            metrics_printf(b, "hsbus_agent_latency_seconds_bucket{agent=\"%s\",le=\"%.6g\"} %" PRIu64 "\n",
-                           a->name, (double)bus_hist_bounds_us[k] / 1e6, cum);
+            metrics_printf(
+                b, "hsbus_agent_latency_seconds_bucket{agent=\"%s\",le=\"%.6g\"} %" PRIu64 "\n",
+                a->name, (double)bus_hist_bounds_us[k] / 1e6, cum);
         }
         cum += a->latency.counts[BUS_HIST_BUCKETS];
-        metrics_printf(b, "hsbus_agent_latency_seconds_bucket{agent=\"%s\",le=\"+Inf\"} %" PRIu64 "\n",
+        metrics_printf(b,
+                       "hsbus_agent_latency_seconds_bucket{agent=\"%s\",le=\"+Inf\"} %" PRIu64 "\n",
                        a->name, cum);
         metrics_printf(b, "hsbus_agent_latency_seconds_sum{agent=\"%s\"} %.6f\n", a->name,
                        (double)a->latency.sum_us / 1e6);
@@ -288,7 +300,8 @@ static void metrics_format_agents(metrics_buf *b, const metrics_snap *sn)
 
 static void metrics_format_store(metrics_buf *b, const metrics_snap *sn)
 {
-    metrics_one(b, "hsbus_store_up", "gauge", "1 when the SQLite store is attached and its last commits succeeded.",
+    metrics_one(b, "hsbus_store_up", "gauge",
+                "1 when the SQLite store is attached and its last commits succeeded.",
                 sn->smp.store_present && sn->smp.store_ok ? 1 : 0);
 #if HSB_OPS_STORE
     if (!sn->smp.store_present) {
@@ -297,28 +310,45 @@ static void metrics_format_store(metrics_buf *b, const metrics_snap *sn)
     const store_pool_stats *p = &sn->st.pool;
     const store_qcache_stats *q = &sn->st.cache;
     metrics_one(b, "hsbus_store_jobs_total", "counter", "Write jobs completed.", (double)p->jobs);
-    metrics_one(b, "hsbus_store_jobs_failed_total", "counter", "Write jobs completed with an error.", (double)p->jobs_failed);
-    metrics_one(b, "hsbus_store_commits_total", "counter", "Transactions committed (groups).", (double)p->groups);
-    metrics_one(b, "hsbus_store_commits_failed_total", "counter", "Transactions whose BEGIN or COMMIT failed.", (double)p->groups_failed);
-    metrics_one(b, "hsbus_store_commit_seconds_total", "counter", "Time spent in COMMIT.", (double)p->commit_ns / 1e9);
+    metrics_one(b, "hsbus_store_jobs_failed_total", "counter",
+                "Write jobs completed with an error.", (double)p->jobs_failed);
+    metrics_one(b, "hsbus_store_commits_total", "counter", "Transactions committed (groups).",
+                (double)p->groups);
+    metrics_one(b, "hsbus_store_commits_failed_total", "counter",
+                "Transactions whose BEGIN or COMMIT failed.", (double)p->groups_failed);
+    metrics_one(b, "hsbus_store_commit_seconds_total", "counter", "Time spent in COMMIT.",
+                (double)p->commit_ns / 1e9);
     metrics_one(b, "hsbus_store_queued_jobs", "gauge", "Write jobs waiting.", (double)p->queued);
-    metrics_one(b, "hsbus_store_refused_busy_total", "counter", "Write jobs refused because the queue was full.", (double)p->refused_busy);
-    metrics_one(b, "hsbus_store_checkouts_total", "counter", "Reader connections checked out.", (double)p->checkouts);
-    metrics_one(b, "hsbus_store_checkout_waits_total", "counter", "Checkouts that waited for a free reader.", (double)p->checkout_waits);
-    metrics_one(b, "hsbus_store_checkout_timeouts_total", "counter", "Checkouts that gave up.", (double)p->checkout_timeouts);
-    metrics_one(b, "hsbus_store_reader_utilization", "gauge", "Busy reader time over available reader time, 0..1.", p->reader_utilization);
-    metrics_one(b, "hsbus_store_audit_seq", "gauge", "Sequence number of the last audit row.", (double)sn->st.audit_seq);
+    metrics_one(b, "hsbus_store_refused_busy_total", "counter",
+                "Write jobs refused because the queue was full.", (double)p->refused_busy);
+    metrics_one(b, "hsbus_store_checkouts_total", "counter", "Reader connections checked out.",
+                (double)p->checkouts);
+    metrics_one(b, "hsbus_store_checkout_waits_total", "counter",
+                "Checkouts that waited for a free reader.", (double)p->checkout_waits);
+    metrics_one(b, "hsbus_store_checkout_timeouts_total", "counter", "Checkouts that gave up.",
+                (double)p->checkout_timeouts);
+    metrics_one(b, "hsbus_store_reader_utilization", "gauge",
+                "Busy reader time over available reader time, 0..1.", p->reader_utilization);
+    metrics_one(b, "hsbus_store_audit_seq", "gauge", "Sequence number of the last audit row.",
+                (double)sn->st.audit_seq);
     metrics_one(b, "hsbus_cache_hits_total", "counter", "Query cache hits.", (double)q->hits);
     metrics_one(b, "hsbus_cache_misses_total", "counter", "Query cache misses.", (double)q->misses);
-    metrics_one(b, "hsbus_cache_hit_ratio", "gauge", "Hits over lookups since start, 0..1.", q->hit_rate);
-    metrics_one(b, "hsbus_cache_inserts_total", "counter", "Results stored in the cache.", (double)q->inserts);
-    metrics_one(b, "hsbus_cache_evictions_total", "counter", "Entries dropped by the byte bound (LRU).", (double)q->evictions);
-    metrics_one(b, "hsbus_cache_expirations_total", "counter", "Entries dropped when their TTL passed.", (double)q->expirations);
-    metrics_one(b, "hsbus_cache_invalidations_total", "counter", "Entries dropped by writes or flushes.", (double)q->invalidations);
-    metrics_one(b, "hsbus_cache_flushes_total", "counter", "Explicit cache flushes.", (double)q->flushes);
+    metrics_one(b, "hsbus_cache_hit_ratio", "gauge", "Hits over lookups since start, 0..1.",
+                q->hit_rate);
+    metrics_one(b, "hsbus_cache_inserts_total", "counter", "Results stored in the cache.",
+                (double)q->inserts);
+    metrics_one(b, "hsbus_cache_evictions_total", "counter",
+                "Entries dropped by the byte bound (LRU).", (double)q->evictions);
+    metrics_one(b, "hsbus_cache_expirations_total", "counter",
+                "Entries dropped when their TTL passed.", (double)q->expirations);
+    metrics_one(b, "hsbus_cache_invalidations_total", "counter",
+                "Entries dropped by writes or flushes.", (double)q->invalidations);
+    metrics_one(b, "hsbus_cache_flushes_total", "counter", "Explicit cache flushes.",
+                (double)q->flushes);
     metrics_one(b, "hsbus_cache_entries", "gauge", "Entries in the cache.", (double)q->entries);
     metrics_one(b, "hsbus_cache_bytes", "gauge", "Bytes held by the cache.", (double)q->bytes);
-    metrics_one(b, "hsbus_cache_max_bytes", "gauge", "The cache's byte bound.", (double)q->max_bytes);
+    metrics_one(b, "hsbus_cache_max_bytes", "gauge", "The cache's byte bound.",
+                (double)q->max_bytes);
 #endif
 }
 
@@ -344,32 +374,53 @@ static void metrics_format(metrics_buf *b, const metrics_snap *sn)
                 sn->draining ? 1 : 0);
 
     metrics_one(b, "hsbus_routed_total", "counter", "Messages routed.", (double)sn->totals.routed);
-    metrics_one(b, "hsbus_no_route_total", "counter", "Sends refused with E_NOROUTE.", (double)sn->totals.no_route);
-    metrics_one(b, "hsbus_busy_total", "counter", "Sends refused with E_BUSY.", (double)sn->totals.busy);
-    metrics_one(b, "hsbus_expired_total", "counter", "Messages expired before delivery.", (double)sn->totals.expired);
-    metrics_one(b, "hsbus_dead_lettered_total", "counter", "Messages dead-lettered.", (double)sn->totals.dead_lettered);
-    metrics_one(b, "hsbus_duplicates_total", "counter", "Sends dropped as duplicates of a cid.", (double)sn->totals.duplicates);
-    metrics_one(b, "hsbus_displaced_total", "counter", "Messages displaced by a higher lane.", (double)sn->totals.displaced);
-    metrics_one(b, "hsbus_rejected_breaker_total", "counter", "Sends refused with E_BREAKER_OPEN.", (double)sn->totals.rejected_breaker);
-    metrics_one(b, "hsbus_sys_errors_dropped_total", "counter", "sys.error envelopes that could not be delivered.", (double)sn->totals.sys_errors_dropped);
-    metrics_one(b, "hsbus_queued", "gauge", "Messages queued, all agents.", (double)sn->totals.queued);
-    metrics_one(b, "hsbus_in_flight", "gauge", "Messages in flight, all agents.", (double)sn->totals.in_flight);
-    metrics_one(b, "hsbus_clients", "gauge", "Connected agent instances.", (double)sn->totals.clients);
+    metrics_one(b, "hsbus_no_route_total", "counter", "Sends refused with E_NOROUTE.",
+                (double)sn->totals.no_route);
+    metrics_one(b, "hsbus_busy_total", "counter", "Sends refused with E_BUSY.",
+                (double)sn->totals.busy);
+    metrics_one(b, "hsbus_expired_total", "counter", "Messages expired before delivery.",
+                (double)sn->totals.expired);
+    metrics_one(b, "hsbus_dead_lettered_total", "counter", "Messages dead-lettered.",
+                (double)sn->totals.dead_lettered);
+    metrics_one(b, "hsbus_duplicates_total", "counter", "Sends dropped as duplicates of a cid.",
+                (double)sn->totals.duplicates);
+    metrics_one(b, "hsbus_displaced_total", "counter", "Messages displaced by a higher lane.",
+                (double)sn->totals.displaced);
+    metrics_one(b, "hsbus_rejected_breaker_total", "counter", "Sends refused with E_BREAKER_OPEN.",
+                (double)sn->totals.rejected_breaker);
+    metrics_one(b, "hsbus_sys_errors_dropped_total", "counter",
+                "sys.error envelopes that could not be delivered.",
+                (double)sn->totals.sys_errors_dropped);
+    metrics_one(b, "hsbus_queued", "gauge", "Messages queued, all agents.",
+                (double)sn->totals.queued);
+    metrics_one(b, "hsbus_in_flight", "gauge", "Messages in flight, all agents.",
+                (double)sn->totals.in_flight);
+    metrics_one(b, "hsbus_clients", "gauge", "Connected agent instances.",
+                (double)sn->totals.clients);
 
     metrics_format_agents(b, sn);
 
-    metrics_one(b, "hsbus_gateway_requests_total", "counter", "Agent-protocol requests received.", (double)sn->gw.requests);
-    metrics_one(b, "hsbus_gateway_bad_requests_total", "counter", "Agent-protocol requests refused as malformed.", (double)sn->gw.bad_requests);
-    metrics_one(b, "hsbus_gateway_connections_total", "counter", "Agent connections accepted.", (double)sn->gw.connections);
-    metrics_one(b, "hsbus_gateway_open_connections", "gauge", "Agent connections open.", (double)sn->gw.open_connections);
-    metrics_one(b, "hsbus_gateway_contexts", "gauge", "Gateway nng contexts allocated.", (double)sn->gw.contexts);
-    metrics_one(b, "hsbus_gateway_parked_fetches", "gauge", "Fetches parked in the gateway.", (double)sn->gw.parked);
-    metrics_one(b, "hsbus_control_requests_total", "counter", "Control socket requests.", (double)sn->ctl_requests);
-    metrics_one(b, "hsbus_control_denied_total", "counter", "Control requests refused by the peer uid check.", (double)sn->ctl_denied);
+    metrics_one(b, "hsbus_gateway_requests_total", "counter", "Agent-protocol requests received.",
+                (double)sn->gw.requests);
+    metrics_one(b, "hsbus_gateway_bad_requests_total", "counter",
+                "Agent-protocol requests refused as malformed.", (double)sn->gw.bad_requests);
+    metrics_one(b, "hsbus_gateway_connections_total", "counter", "Agent connections accepted.",
+                (double)sn->gw.connections);
+    metrics_one(b, "hsbus_gateway_open_connections", "gauge", "Agent connections open.",
+                (double)sn->gw.open_connections);
+    metrics_one(b, "hsbus_gateway_contexts", "gauge", "Gateway nng contexts allocated.",
+                (double)sn->gw.contexts);
+    metrics_one(b, "hsbus_gateway_parked_fetches", "gauge", "Fetches parked in the gateway.",
+                (double)sn->gw.parked);
+    metrics_one(b, "hsbus_control_requests_total", "counter", "Control socket requests.",
+                (double)sn->ctl_requests);
+    metrics_one(b, "hsbus_control_denied_total", "counter",
+                "Control requests refused by the peer uid check.", (double)sn->ctl_denied);
 
     metrics_format_store(b, sn);
 
-    metrics_head(b, "hsbus_alert_firing", "gauge", "1 for each alert rule firing, by rule and agent.");
+    metrics_head(b, "hsbus_alert_firing", "gauge",
+                 "1 for each alert rule firing, by rule and agent.");
     for (size_t i = 0; i < sn->n_firing; i++) {
         metrics_printf(b, "hsbus_alert_firing{rule=\"%s\",agent=\"%s\"} 1\n",
                        alerts_rule_name(sn->firing[i].rule), sn->firing[i].agent);
@@ -379,12 +430,16 @@ static void metrics_format(metrics_buf *b, const metrics_snap *sn)
         metrics_printf(b, "hsbus_log_lines_total{level=\"%s\"} %lu\n", log_level_name(levels[i]),
                        log_count(levels[i]));
     }
-    metrics_one(b, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", (double)ps.rss_bytes);
-    metrics_one(b, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", (double)ps.vsize_bytes);
-    metrics_one(b, "process_cpu_seconds_total", "counter", "User and system CPU time in seconds.", ps.cpu_seconds);
+    metrics_one(b, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+                (double)ps.rss_bytes);
+    metrics_one(b, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
+                (double)ps.vsize_bytes);
+    metrics_one(b, "process_cpu_seconds_total", "counter", "User and system CPU time in seconds.",
+                ps.cpu_seconds);
     metrics_one(b, "process_open_fds", "gauge", "Open file descriptors.", (double)ps.open_fds);
     metrics_one(b, "process_threads", "gauge", "Threads of the process.", (double)ps.threads);
-    metrics_one(b, "process_start_time_seconds", "gauge", "Start time since the epoch in seconds.", (double)sn->start_ms / 1e3);
+    metrics_one(b, "process_start_time_seconds", "gauge", "Start time since the epoch in seconds.",
+                (double)sn->start_ms / 1e3);
 }
 
 /* metrics_health writes the failing checks into b; returns the HTTP status. */
@@ -516,7 +571,8 @@ hsb_err metrics_start(srv *s, struct alerts *al, struct control *ctl, const char
     m->al = al;
     m->ctl = ctl;
     pthread_mutex_init(&m->lock, NULL);
-    snprintf(buf, sizeof(buf), "http://%s:%u", bind, port);
+    snprintf(buf, sizeof(buf), strchr(bind, ':') != NULL ? "http://[%s]:%u" : "http://%s:%u", bind,
+             port);
     if ((rv = nng_url_parse(&url, buf)) != 0 || (rv = nng_http_server_hold(&m->http, url)) != 0) {
         goto fail;
     }
@@ -527,12 +583,11 @@ hsb_err metrics_start(srv *s, struct alerts *al, struct control *ctl, const char
     }
     m->started = true;
     snprintf(m->url, sizeof(m->url), "%s", buf);
+    /* With port 0 the kernel chose: report the port actually bound. */
     if (nng_http_server_get_addr(m->http, &sa) == 0 && sa.s_family == NNG_AF_INET) {
-        snprintf(m->url, sizeof(m->url), "http://%s:%u", bind,
-                 (unsigned)((sa.s_in.sa_port >> 8) | ((sa.s_in.sa_port & 0xff) << 8)));
+        snprintf(m->url, sizeof(m->url), "http://%s:%u", bind, (unsigned)ntohs(sa.s_in.sa_port));
     } else if (nng_http_server_get_addr(m->http, &sa) == 0 && sa.s_family == NNG_AF_INET6) {
-        snprintf(m->url, sizeof(m->url), "http://[%s]:%u", bind,
-                 (unsigned)((sa.s_in6.sa_port >> 8) | ((sa.s_in6.sa_port & 0xff) << 8)));
+        snprintf(m->url, sizeof(m->url), "http://[%s]:%u", bind, (unsigned)ntohs(sa.s_in6.sa_port));
     }
     nng_url_free(url);
     log_info("metrics_listening", "url=%s paths=/metrics,/healthz", m->url);
