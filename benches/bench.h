@@ -184,7 +184,8 @@ typedef struct bench_env {
     pid_t daemon_pid;   /* 0 when attached with --url (no RSS) */
     double secs;        /* duration of a throughput workload */
     bool short_form;
-    unsigned seq; /* makes agent names unique across trials */
+    unsigned seq;  /* makes agent names unique across trials */
+    int producers; /* producer threads of oneway and durable (each its own client) */
 } bench_env;
 
 /* Each runs one workload against the daemon and fills *r. They spawn and stop their own agent

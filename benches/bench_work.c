@@ -698,6 +698,7 @@ static int work_flow(bench_env *e, bench_result *r, const char *batch_key, size_
     uint64_t t0 = bench_now_ns();
     uint64_t rec_from = t0 + work_warmup_ns(e->secs);
     uint64_t end = rec_from + (uint64_t)(e->secs * 1e9);
+    bench_result_extra(r, "producers", producers);
     ps.p = (work_prod){.e = e,
                        .to = name,
                        .batch_key = batch_key,
@@ -731,22 +732,22 @@ int bench_w_oneway(bench_env *e, bool batched, bench_result *r)
     if (batched) {
         snprintf(r->name, sizeof(r->name), "oneway-batch");
         snprintf(r->what, sizeof(r->what),
-                 "one-way, 4 producers x 64 envelopes per send, batch key, delivered msg/s");
-        return work_flow(e, r, "bench", 64, false, 4);
+                 "one-way, producers x 64 envelopes per send, batch key, delivered msg/s");
+        return work_flow(e, r, "bench", 64, false, e->producers);
     }
     snprintf(r->name, sizeof(r->name), "oneway");
     snprintf(r->what, sizeof(r->what),
-             "one-way, 4 producers x 64 envelopes per send, no batch key, delivered msg/s");
-    return work_flow(e, r, NULL, 64, false, 4);
+             "one-way, producers x 64 envelopes per send, no batch key, delivered msg/s");
+    return work_flow(e, r, NULL, 64, false, e->producers);
 }
 
 int bench_w_durable(bench_env *e, bench_result *r)
 {
     snprintf(r->name, sizeof(r->name), "durable");
     snprintf(r->what, sizeof(r->what),
-             "durable sends (answered after commit), 4 producers x 64, consumer acks; msg/s");
+             "durable sends (answered after commit), producers x 64, consumer acks; msg/s");
     snprintf(r->unit, sizeof(r->unit), "msg/s");
-    return work_flow(e, r, NULL, 64, true, 4);
+    return work_flow(e, r, NULL, 64, true, e->producers);
 }
 
 int bench_w_priority(bench_env *e, bench_result *r)

@@ -90,6 +90,8 @@ static void main_usage(FILE *out)
         "  -t, --duration SECS  measured seconds per workload (default 10; 3 with --short)\n"
         "  -s, --short          short forms of everything (CI)\n"
         "  -n, --trials N       repeat reference + workloads N times, keep each best ratio\n"
+        "  -p, --producers N    producer threads (each its own client) of oneway, oneway-batch\n"
+        "                       and durable, 1..16 (default 4)\n"
         "  --json FILE          write every result as JSON\n"
         "  --plot FILE.png      latency percentile curves and throughput over time (gnuplot)\n"
         "  --compare FILE       gate against a baseline (benches/baseline.json); exit 1 on\n"
@@ -337,6 +339,7 @@ int main(int argc, char **argv)
         {"name", required_argument, NULL, O_NAME},
         {"threads", required_argument, NULL, O_THREADS},
         {"stat", required_argument, NULL, O_STAT},
+        {"producers", required_argument, NULL, 'p'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -345,11 +348,11 @@ int main(int argc, char **argv)
     const char *sets[MAIN_SETS_MAX];
     size_t n_sets = 0;
     double duration = 0;
-    int trials = 1, threads = 0, ch, code = 3, setup_failed = 0;
+    int trials = 1, producers = 4, threads = 0, ch, code = 3, setup_failed = 0;
     bool short_form = false, keep = false;
     bool sel[MAIN_N_WORKS] = {false};
 
-    while ((ch = getopt_long(argc, argv, "w:t:sn:h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "w:t:sn:p:h", opts, NULL)) != -1) {
         switch (ch) {
         case O_HSBUSD:
             hsbusd = optarg;
@@ -375,6 +378,9 @@ int main(int argc, char **argv)
             break;
         case 'n':
             trials = atoi(optarg);
+            break;
+        case 'p':
+            producers = atoi(optarg);
             break;
         case O_JSON:
             json = optarg;
@@ -419,7 +425,8 @@ int main(int argc, char **argv)
         }
         return main_role(role, url, name, threads, stat);
     }
-    if (trials < 1 || trials > 20 || duration < 0 || main_select(list, sel) != 0) {
+    if (trials < 1 || trials > 20 || producers < 1 || producers > 16 || duration < 0 ||
+        main_select(list, sel) != 0) {
         main_usage(stderr);
         return 2;
     }
@@ -454,7 +461,11 @@ int main(int argc, char **argv)
         return 3;
     }
 
-    bench_env env = {.self = self, .tmpdir = tmpdir, .short_form = short_form, .secs = duration};
+    bench_env env = {.self = self,
+                     .tmpdir = tmpdir,
+                     .short_form = short_form,
+                     .secs = duration,
+                     .producers = producers};
     bench_report rep = {.trials = trials, .short_form = short_form, .duration = duration};
     bench_result **best = calloc(MAIN_N_WORKS + 1, sizeof(*best));
     bench_result *cur = NULL;
