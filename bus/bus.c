@@ -1489,8 +1489,9 @@ static bool bus_deliver_one(bus *b, bus_agent *a, uint64_t now)
             bus_arm(b, BUS_TIMER_ACK, c->ack_at, NULL, c->session, 0, c->ack_at);
         }
         a->delivered++;
-        if (ie.deliveries > 1 && pe.msg->env.durable && b->has_persist &&
-            b->pops.delivered != NULL) {
+        /* Every delivery of a durable message is recorded, the first included: a message handed
+         * out and never acked before a crash must come back with its count intact. */
+        if (pe.msg->env.durable && b->has_persist && b->pops.delivered != NULL) {
             b->pops.delivered(b->pctx, pe.msg->env.id, ie.deliveries);
         }
         b->scratch[n].msg = bus_msg_ref(pe.msg);
