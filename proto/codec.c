@@ -23,8 +23,9 @@
 /* First zone chunk; msgpack_zone_clear keeps it, so typical decodes allocate nothing. */
 #define PROTO_ZONE_CHUNK (64u * 1024)
 
-/* Longest map key copied into an error text. */
+/* Longest map key copied into an error text, and longest path in one. */
 #define PROTO_PATH_KEY_MAX 32
+#define PROTO_PATH_MAX     96
 
 /* Wire spelling and length of every key; the length spares a strlen when encoding. */
 typedef struct proto_key_row {
@@ -286,7 +287,7 @@ static void proto_put(char *buf, size_t cap, size_t *n, const char *s, size_t le
         return;
     }
     if (len > cap - 1 - *n) {
-        len = cap - 1 - *n;
+        len = proto_utf8_cut(s, len, cap - 1 - *n);
     }
     memcpy(buf + *n, s, len);
     *n += len;
@@ -316,17 +317,24 @@ hsb_err proto_fail(hsb_dec *dec, hsb_err err, const proto_path *at, proto_key ke
                    ...)
 {
     size_t n = 0;
-    size_t len;
+    size_t len, i;
     va_list ap;
 
     dec->errmsg[0] = '\0';
-    proto_put_path(dec->errmsg, sizeof(dec->errmsg), &n, at);
+    /* The path gets at most PROTO_PATH_MAX bytes so that the reason always fits after it. */
+    proto_put_path(dec->errmsg, PROTO_PATH_MAX + 1, &n, at);
     if (key != PROTO_K_UNKNOWN) {
         if (n > 0) {
-            proto_put(dec->errmsg, sizeof(dec->errmsg), &n, ".", 1);
+            proto_put(dec->errmsg, PROTO_PATH_MAX + 1, &n, ".", 1);
         }
-        proto_put(dec->errmsg, sizeof(dec->errmsg), &n, proto_key_name(key),
+        proto_put(dec->errmsg, PROTO_PATH_MAX + 1, &n, proto_key_name(key),
                   strlen(proto_key_name(key)));
+    }
+    /* Keys come from the peer: control characters (NUL included) would cut or garble the text. */
+    for (i = 0; i < n; i++) {
+        if ((unsigned char)dec->errmsg[i] < 0x20 || dec->errmsg[i] == 0x7f) {
+            dec->errmsg[i] = '?';
+        }
     }
     if (n == 0) {
         proto_put(dec->errmsg, sizeof(dec->errmsg), &n, "message", 7);
@@ -894,6 +902,10 @@ static hsb_err proto_text(hsb_dec *dec, const proto_path *at, proto_key key,
     n = o->via.str.size;
     if (!hsb_utf8_valid(o->via.str.ptr, n)) {
         return proto_fail(dec, HSB_EUTF8, at, key, "string is not valid UTF-8");
+    }
+    /* Text fields become C strings: an embedded NUL would silently cut them. */
+    if (n > 0 && memchr(o->via.str.ptr, '\0', n) != NULL) {
+        return proto_fail(dec, HSB_EUTF8, at, key, "text must not contain NUL");
     }
     if (n < minlen || (n > maxlen && !truncate)) {
         return proto_fail(dec, HSB_ERANGE, at, key, "must be %zu..%zu bytes long", minlen, maxlen);

@@ -324,6 +324,16 @@ static void v_surrogate(msgpack_packer *pk)
 {
     pk_raw_str(pk, "x\xed\xa0\x80", 4); /* U+D800 */
 }
+static void v_text_nul(msgpack_packer *pk)
+{
+    pk_raw_str(pk, "ab\0c", 4);
+}
+static void v_map_nul_key(msgpack_packer *pk)
+{
+    msgpack_pack_map(pk, 1);
+    pk_raw_str(pk, "\0k", 2);
+    pk_raw_str(pk, "\xff", 1);
+}
 static void v_pattern_star(msgpack_packer *pk)
 {
     msgpack_pack_array(pk, 1);
@@ -543,6 +553,13 @@ static const rej_case rej_cases[] = {
         "note: string is not valid UTF-8"),
     REJ("utf8_other_op_key", HSB_OP_BYE, AT_TOP, "agent", v_name_bad_utf8, HSB_EUTF8,
         "agent: string is not valid UTF-8"),
+    REJ("utf8_cid_nul", HSB_OP_SEND, AT_ENV, "cid", v_text_nul, HSB_EUTF8,
+        "msgs[0].cid: text must not contain NUL"),
+    REJ("utf8_token_nul", HSB_OP_HELLO, AT_TOP, "token", v_text_nul, HSB_EUTF8,
+        "token: text must not contain NUL"),
+    /* A NUL in a peer's key must not cut the error text (found by fuzz_ctl_reply). */
+    REJ("utf8_nul_key_path", HSB_OP_BYE, AT_TOP, "x", v_map_nul_key, HSB_EUTF8,
+        "x.?k: string is not valid UTF-8"),
     /* op and version */
     REJ("unknown_op", HSB_OP_SEND, AT_TOP, "op", v_op_publish, HSB_EBADOP, "op: unknown op"),
     REJ("bad_version", HSB_OP_HELLO, AT_TOP, "v", v_2, HSB_EVERSION, "v: version 2"),
