@@ -65,7 +65,8 @@
 typedef struct bus_fetch_park {
     void *cookie;
     uint32_t max;
-    uint64_t due; /* answer empty at or after this time */
+    uint64_t due;       /* answer empty at or after this time */
+    uint64_t flush_seq; /* b->flush_seq when parked */
 } bus_fetch_park;
 
 typedef struct bus_agent {
@@ -163,7 +164,8 @@ struct bus {
     size_t cap_scratch;
     bool draining;
     bool flushing;
-    bus_totals t; /* counters; the gauges are computed by bus_totals_get */
+    uint64_t flush_seq; /* counts bus_flush calls */
+    bus_totals t;       /* counters; the gauges are computed by bus_totals_get */
 };
 
 /* ---- small helpers ----------------------------------------------------------------------- */
@@ -1386,6 +1388,7 @@ hsb_err bus_fetch(bus *b, bus_client *c, const hsb_fetch_req *req, void *cookie)
     f->cookie = cookie;
     f->max = max;
     f->due = now + req->wait_ms;
+    f->flush_seq = b->flush_seq;
     c->fetch_credit += max;
     if (req->wait_ms > 0) {
         bus_arm(b, BUS_TIMER_FETCH, f->due, NULL, c->session, 0, 0);
@@ -1510,7 +1513,9 @@ static bool bus_deliver_one(bus *b, bus_agent *a, uint64_t now)
     return true;
 }
 
-/* Answers one parked fetch whose wait has passed, with nothing. */
+/* Answers one parked fetch whose wait has passed, with nothing. A fetch parked from a callback of
+ * this flush waits for the next one, so a host that re-fetches from its callback cannot make a
+ * flush spin. */
 static bool bus_answer_due_fetch(bus *b, uint64_t now)
 {
     for (size_t i = 0; i < b->n_agents; i++) {
@@ -1518,7 +1523,8 @@ static bool bus_answer_due_fetch(bus *b, uint64_t now)
         for (size_t j = 0; j < a->n_clients; j++) {
             bus_client *c = a->clients[j];
             for (size_t k = 0; k < c->n_fetches; k++) {
-                if (c->fetches[k].due <= now) {
+                if (c->fetches[k].due <= now &&
+                    !(b->flushing && c->fetches[k].flush_seq == b->flush_seq)) {
                     void *cookie = c->fetches[k].cookie;
                     bus_fetch_remove(c, k);
                     b->ops.deliver(b->host, c, cookie, NULL, 0);
@@ -1536,6 +1542,7 @@ void bus_flush(bus *b)
         return; /* called from one of our own callbacks: the outer flush goes on */
     }
     b->flushing = true;
+    b->flush_seq++;
     for (;;) {
         bool progress = false;
         /* Events first: the log should show a breaker opening before what follows from it. */

@@ -54,6 +54,7 @@ typedef struct fake {
     ev_rec ev[64];
     size_t n_ev;
     bool auto_ack; /* ack inside deliver, as a built-in agent's host might (re-entry) */
+    bool refetch;  /* park a new fetch from inside an empty answer (re-entry) */
     /* store */
     size_t saves, removes, delivered_calls, dead, audits;
     uint64_t last_save_token, last_removed;
@@ -98,6 +99,12 @@ static void fake_deliver(void *host, bus_client *c, void *cookie, const bus_deli
     if (n == 0) {
         f->empty_calls++;
         f->empty_cookie = cookie;
+        if (f->refetch) {
+            hsb_fetch_req req;
+            memset(&req, 0, sizeof(req));
+            req.max = 1;
+            assert_int_equal(bus_fetch(f->b, c, &req, cookie), HSB_OK);
+        }
         return;
     }
     f->calls++;
@@ -1288,6 +1295,25 @@ static void test_reentrant_ack_from_deliver(void **state)
     assert_int_equal(stats("worker").acked, 5);
 }
 
+static void test_refetch_from_callback_does_not_spin(void **state)
+{
+    (void)state;
+    F->refetch = true;
+    bus_client *w = ext("worker");
+    fetch(w, 1, 0, NULL);
+    bus_flush(F->b);
+    assert_int_equal(F->empty_calls, 1);
+    bus_flush(F->b);
+    assert_int_equal(F->empty_calls, 2);
+    /* A message for the re-parked fetch is still delivered in the same flush. */
+    bus_client *p = ext("portal");
+    hsb_envelope m = env_to("worker", HSB_PRIO_NORMAL);
+    send_ok(p, &m);
+    bus_flush(F->b);
+    assert_int_equal(count_got(w), 1);
+    F->refetch = false;
+}
+
 static void test_attach_errors(void **state)
 {
     (void)state;
@@ -1495,6 +1521,7 @@ int main(void)
         T(test_foreach_in_name_order),
         T(test_drain),
         T(test_reentrant_ack_from_deliver),
+        T(test_refetch_from_callback_does_not_spin),
         T(test_attach_errors),
         T(test_random_walk),
     };
