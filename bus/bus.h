@@ -301,12 +301,16 @@ bool bus_drain(bus *b);
 /* ---- operators --------------------------------------------------------------------------- */
 
 typedef enum bus_breaker_action {
-    BUS_BREAKER_FORCE_OPEN = 0,
-    BUS_BREAKER_FORCE_CLOSE,
-    BUS_BREAKER_RESET, /* CLOSED with counters cleared, forced state lifted */
+    BUS_BREAKER_FORCE_OPEN =
+        0,                   /* OPEN, no recovery timeout, failures ignored: held until an action */
+    BUS_BREAKER_FORCE_CLOSE, /* CLOSED, failures do not open it: held until an action */
+    BUS_BREAKER_RESET,       /* CLOSED with counters cleared, forced state lifted */
 } bus_breaker_action;
 
-/* bus_breaker_force applies an operator action to agent's breaker. Errors: HSB_ENOTFOUND. */
+/* bus_breaker_force applies an operator action to agent's breaker. A change of state is logged,
+ * audited and published on "sys.breaker" like any transition. While a breaker is OPEN its queued
+ * messages are held (not delivered); in HALF_OPEN at most half_open_probes are in flight.
+ * Errors: HSB_ENOTFOUND. */
 hsb_err bus_breaker_force(bus *b, const char *agent, bus_breaker_action action);
 
 const char *bus_breaker_state_name(bus_breaker_state s); /* "closed", "open", "half_open" */
