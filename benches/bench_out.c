@@ -143,8 +143,10 @@ void bench_print_table(const bench_report *rep, FILE *out)
             fprintf(out, "\n");
         }
     }
-    fprintf(out, "\nrate: succeeded per second of wall-clock time in the measured window; x ref: "
-                 "rate / reference rate of the same trial; latency from the (scheduled) send.\n");
+    fprintf(out, "\nrate: succeeded per second of wall-clock time in the measured window. x ref: "
+                 "rate / the reference\nrate of the same trial (trial_ref; the reference line "
+                 "shows the best trial). Latency from the\nsend, or from the scheduled send "
+                 "for open-loop loads and scenarios; priority: critical messages.\n");
 }
 
 /* ---- JSON -------------------------------------------------------------------------------------

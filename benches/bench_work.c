@@ -760,7 +760,7 @@ int bench_w_priority(bench_env *e, bench_result *r)
 
     snprintf(r->name, sizeof(r->name), "priority");
     snprintf(r->what, sizeof(r->what),
-             "saturating low lane (2 producers x 64) + 100/s critical; low msg/s delivered");
+             "saturating low lane (2 producers x 64) + 200/s critical; low msg/s delivered");
     snprintf(r->unit, sizeof(r->unit), "msg/s");
     if (idle == NULL || before == NULL) {
         goto out;
@@ -780,7 +780,7 @@ int bench_w_priority(bench_env *e, bench_result *r)
                          .batch = 1,
                          .prio = HSBUS_PRIO_CRITICAL,
                          .end = idle_end,
-                         .period_ns = 10000000};
+                         .period_ns = 5000000};
     work_prods_start(&crit, 1);
     bench_hist_snapshot(before, &sink.shm->lat[0]);
     work_prods_join(&crit);
@@ -798,7 +798,7 @@ int bench_w_priority(bench_env *e, bench_result *r)
                          .batch = 1,
                          .prio = HSBUS_PRIO_CRITICAL,
                          .end = end,
-                         .period_ns = 10000000};
+                         .period_ns = 5000000};
     work_prods_start(&low, 2);
     work_prods_start(&crit, 1);
     bench_sleep_until(rec_from);

@@ -554,6 +554,7 @@ int main(int argc, char **argv)
             snprintf(cur->name, sizeof(cur->name), "%s", main_works[i].name);
             cur->trial = t;
             cur->ratio = ref > 0 ? cur->rate / ref : 0;
+            bench_result_extra(cur, "trial_ref", ref);
             bench_result *b = best[i + 1];
             if (b == NULL || (cur->available && (!b->available || cur->ratio > b->ratio))) {
                 free(b);
