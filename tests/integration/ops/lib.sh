@@ -63,6 +63,10 @@ start_daemon() {
 
 # stop_daemon: SIGTERM and wait for exit; the daemon must exit 0.
 stop_daemon() {
+    for p in $BGPIDS; do
+        kill "$p" 2>/dev/null
+    done
+    BGPIDS=
     kill -TERM "$DPID"
     wait "$DPID"
     local rc=$?

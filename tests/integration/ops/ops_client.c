@@ -6,6 +6,8 @@
  *   ops_client send URL TO TEXT             send without waiting for a reply; prints the id
  *   ops_client sink URL AGENT N SECONDS     connect as AGENT, nack every message received until N
  *                                           were nacked or SECONDS passed; prints the count
+ *   ops_client idle URL AGENT SECONDS       connect as AGENT and fetch nothing for SECONDS (its
+ *                                           messages stay queued)
  *   ops_client listen URL TOPIC SECONDS     connect as "ops-listen" subscribed to TOPIC, print
  *                                           each message's topic and printable body bytes, and
  *                                           exit 0 after the first one (1 if none came)
@@ -16,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <hsbus.h>
 
@@ -95,6 +98,22 @@ static int ops_sink(const char *url, const char *agent, int n, int seconds)
     return nacked >= n ? 0 : 1;
 }
 
+static int ops_idle(const char *url, const char *agent, int seconds)
+{
+    hsbus_opts o = {.agent = agent};
+    hsbus_client *c = NULL;
+    hsbus_err err = hsbus_connect(url, &o, &c);
+
+    if (err != HSBUS_OK) {
+        return ops_fail("connect", NULL, err);
+    }
+    printf("connected\n");
+    fflush(stdout);
+    sleep((unsigned)seconds);
+    hsbus_close(&c);
+    return 0;
+}
+
 static int ops_listen(const char *url, const char *topic, int seconds)
 {
     const char *subs[1] = {topic};
@@ -150,10 +169,13 @@ int main(int argc, char **argv)
     if (argc == 6 && strcmp(argv[1], "sink") == 0) {
         return ops_sink(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
     }
+    if (argc == 5 && strcmp(argv[1], "idle") == 0) {
+        return ops_idle(argv[2], argv[3], atoi(argv[4]));
+    }
     if (argc == 5 && strcmp(argv[1], "listen") == 0) {
         return ops_listen(argv[2], argv[3], atoi(argv[4]));
     }
     fprintf(stderr, "usage: ops_client request|send URL TO TEXT | sink URL AGENT N SECONDS | "
-                    "listen URL TOPIC SECONDS\n");
+                    "idle URL AGENT SECONDS | listen URL TOPIC SECONDS\n");
     return 2;
 }
