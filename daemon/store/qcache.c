@@ -45,7 +45,7 @@ struct store_qentry {
     size_t max_cols;
     uint64_t expires_ms;
     size_t bytes;
-    unsigned refs;
+    unsigned refs; /* atomic: 1 while in the cache + 1 per holder; increments under qc->mu */
     bool linked;
     size_t n_tags;
     store_qtag tags[];
@@ -141,7 +141,7 @@ static store_qentry *store_qcache_unlink_locked(store_qcache *qc, store_qentry *
     e->linked = false;
     qc->st.bytes -= e->bytes;
     qc->st.entries--;
-    return --e->refs == 0 ? e : NULL;
+    return __atomic_sub_fetch(&e->refs, 1, __ATOMIC_ACQ_REL) == 0 ? e : NULL;
 }
 
 /* Frees a list of unlinked entries chained through hnext (after the lock is released). */
@@ -218,48 +218,76 @@ hsb_err store_qkey_init(store_qkey *key, const char *sql, const hsb_value *param
 hsb_err store_qkey_init_scoped(store_qkey *key, uint8_t scope, const char *sql,
                                const hsb_value *params, size_t n)
 {
-    size_t cap = 0;
-    bool ok;
+    size_t sql_len = strlen(sql) + 1;
+    size_t len = 1 + sql_len;
+    uint8_t *p;
 
-    memset(key, 0, sizeof(*key));
-    ok = store_qbuf_put(&key->buf, &key->len, &cap, &scope, 1) &&
-         store_qbuf_put(&key->buf, &key->len, &cap, sql, strlen(sql) + 1);
-    for (size_t i = 0; ok && i < n; i++) {
-        uint8_t tag = (uint8_t)params[i].type;
-        uint64_t len;
-        ok = store_qbuf_put(&key->buf, &key->len, &cap, &tag, 1);
+    key->buf = NULL;
+    key->len = 0;
+    key->hash = 0;
+    for (size_t i = 0; i < n; i++) {
         switch (params[i].type) {
         case HSB_VALUE_NULL:
+            len += 1;
             break;
         case HSB_VALUE_INT:
-            ok = ok && store_qbuf_put(&key->buf, &key->len, &cap, &params[i].u.i, 8);
-            break;
         case HSB_VALUE_REAL:
-            ok = ok && store_qbuf_put(&key->buf, &key->len, &cap, &params[i].u.d, 8);
+            len += 1 + 8;
             break;
         case HSB_VALUE_TEXT:
         case HSB_VALUE_BLOB:
-            len = params[i].u.s.n;
-            ok = ok && store_qbuf_put(&key->buf, &key->len, &cap, &len, 8) &&
-                 store_qbuf_put(&key->buf, &key->len, &cap, params[i].u.s.p, params[i].u.s.n);
+            len += 1 + 8 + params[i].u.s.n;
             break;
         default:
-            store_qkey_fini(key);
             return HSB_EINVAL;
         }
     }
-    if (!ok) {
-        store_qkey_fini(key);
+    key->buf = len <= sizeof(key->small) ? key->small : malloc(len);
+    if (key->buf == NULL) {
         return HSB_ENOMEM;
     }
+    p = key->buf;
+    *p++ = scope;
+    memcpy(p, sql, sql_len);
+    p += sql_len;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t vlen;
+        *p++ = (uint8_t)params[i].type;
+        switch (params[i].type) {
+        case HSB_VALUE_INT:
+            memcpy(p, &params[i].u.i, 8);
+            p += 8;
+            break;
+        case HSB_VALUE_REAL:
+            memcpy(p, &params[i].u.d, 8);
+            p += 8;
+            break;
+        case HSB_VALUE_TEXT:
+        case HSB_VALUE_BLOB:
+            vlen = params[i].u.s.n;
+            memcpy(p, &vlen, 8);
+            p += 8;
+            if (vlen > 0) {
+                memcpy(p, params[i].u.s.p, vlen);
+                p += vlen;
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    key->len = len;
     key->hash = store_hash64(STORE_HASH64_INIT, key->buf, key->len);
     return HSB_OK;
 }
 
 void store_qkey_fini(store_qkey *key)
 {
-    free(key->buf);
-    memset(key, 0, sizeof(*key));
+    if (key->buf != key->small) {
+        free(key->buf);
+    }
+    key->buf = NULL;
+    key->len = 0;
 }
 
 void store_qresult_init(store_qresult *r, size_t limit)
@@ -557,7 +585,7 @@ hsb_err store_qcache_lookup(store_qcache *qc, const store_qkey *key, store_qentr
         e = NULL;
     }
     if (e != NULL) {
-        e->refs++;
+        __atomic_add_fetch(&e->refs, 1, __ATOMIC_RELAXED);
         store_qcache_lru_front_locked(qc, e);
         qc->st.hits++;
         *out = e;
@@ -572,12 +600,10 @@ hsb_err store_qcache_lookup(store_qcache *qc, const store_qkey *key, store_qentr
 
 void store_qcache_release(store_qcache *qc, store_qentry *e)
 {
-    bool last;
-
-    pthread_mutex_lock(&qc->mu);
-    last = --e->refs == 0;
-    pthread_mutex_unlock(&qc->mu);
-    if (last) {
+    (void)qc;
+    /* No lock: an entry is found only while it is in the cache, which holds a reference, so the
+     * count reaches zero only after it was unlinked, and nobody can take a new one then. */
+    if (__atomic_sub_fetch(&e->refs, 1, __ATOMIC_ACQ_REL) == 0) {
         store_qentry_free(e);
     }
 }

@@ -63,9 +63,10 @@ typedef struct store_qcache_stats {
 /* A lookup key: SQL text and serialized parameters. Build with store_qkey_init; free with
  * store_qkey_fini (also after store_qcache_insert, which copies nothing from it but its bytes). */
 typedef struct store_qkey {
-    uint8_t *buf;
+    uint8_t *buf; /* small[] or the heap */
     size_t len;
     uint64_t hash;
+    uint8_t small[192];
 } store_qkey;
 
 /* The generations of the tables a query reads, taken before it runs. */
