@@ -171,7 +171,11 @@ struct hsbus_client {
 
     hsbus_handler handler;
     void *handler_arg;
+    unsigned in_handler; /* receiver threads inside the handler right now */
 };
+
+/* The client whose receiver thread this is (NULL on other threads). */
+static _Thread_local const hsbus_client *hsbus_tl_recv_of;
 
 /* ---- errors ------------------------------------------------------------------------------ */
 
@@ -1026,9 +1030,14 @@ static void hsbus_deliver(hsbus_client *c, hsbus_msg *m, bool run_handler)
         hsbus_msg_free(&m); /* no memory for the node: the daemon redelivers it */
         return;
     }
+    c->in_handler++;
     pthread_mutex_unlock(&c->mtx);
 
     rv = fn(c, m, arg);
+
+    pthread_mutex_lock(&c->mtx);
+    c->in_handler--;
+    pthread_mutex_unlock(&c->mtx);
     if (m->id != 0) {
         if (rv == HSBUS_OK) {
             (void)hsbus_ack(c, m->id);
@@ -1115,6 +1124,7 @@ static void *hsbus_recv_main(void *arg)
     uint32_t max;
     hsbus_err err;
 
+    hsbus_tl_recv_of = c;
     for (;;) {
         pthread_mutex_lock(&c->mtx);
         /* Without a handler the local queue bounds what we ask for (credit), unless a requester
@@ -1513,6 +1523,7 @@ HSBUS_API void hsbus_close(hsbus_client **clientp)
 {
     hsbus_client *c;
     bool flush, lost;
+    unsigned n_recvs;
     hsbus_slot *s;
     hsb_request req;
     hsb_reply rep;
@@ -1523,24 +1534,26 @@ HSBUS_API void hsbus_close(hsbus_client **clientp)
     c = *clientp;
     *clientp = NULL;
 
-    /* 1. Stop the receivers: closing their contexts fails their parked fetch at once. */
+    /* 1. Stop the receivers: closing their contexts fails their parked fetch at once. Once closing
+     * is set (under start_mtx, so no hsbus_start is half-way), no receiver is added, so the join
+     * runs without start_mtx: a handler still running may call hsbus_start and get ECLOSED. */
     pthread_mutex_lock(&c->start_mtx);
     pthread_mutex_lock(&c->mtx);
     c->closing = true;
+    n_recvs = c->n_recvs;
     pthread_cond_broadcast(&c->slot_cv);
     pthread_cond_broadcast(&c->queue_cv);
     for (hsbus_waiter *w = c->waiters; w != NULL; w = w->next) {
         pthread_cond_signal(&w->cv);
     }
     pthread_mutex_unlock(&c->mtx);
-    for (unsigned i = 0; i < c->n_recvs; i++) {
+    pthread_mutex_unlock(&c->start_mtx);
+    for (unsigned i = 0; i < n_recvs; i++) {
         nng_ctx_close(c->recvs[i]->slot.ctx);
-        c->recvs[i]->slot.ctx_open = false;
     }
-    for (unsigned i = 0; i < c->n_recvs; i++) {
+    for (unsigned i = 0; i < n_recvs; i++) {
         pthread_join(c->recvs[i]->thread, NULL);
     }
-    pthread_mutex_unlock(&c->start_mtx);
 
     /* 2. Flush acks and say bye on a slot of our own (all are free: this is the last call). */
     pthread_mutex_lock(&c->mtx);
@@ -1721,6 +1734,7 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
     hsbus_err err;
     uint64_t id = 0;
     int64_t deadline;
+    unsigned need;
     bool gone;
 
     if (reply != NULL) {
@@ -1733,7 +1747,12 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
         timeout_ms = c->timeout_ms;
     }
     deadline = hsbus_now_ms() + timeout_ms;
-    err = hsbus_start(c, 1);
+    /* A handler that makes a request blocks its receiver thread: keep one receiver more than
+     * there are threads inside the handler, so somebody fetches the reply. */
+    pthread_mutex_lock(&c->mtx);
+    need = hsbus_tl_recv_of == c ? c->in_handler + 1 : 1;
+    pthread_mutex_unlock(&c->mtx);
+    err = hsbus_start(c, need < HSBUS_THREADS_MAX ? need : HSBUS_THREADS_MAX);
     if (err != HSBUS_OK) {
         return err;
     }

@@ -245,7 +245,9 @@ HSBUS_API hsbus_err hsbus_reply(hsbus_client *client, const hsbus_msg *req, cons
  * (a sys.error with corr = its id), the call returns that error's code with its text in
  * hsbus_errmsg. The reply is acked by the library. Many threads may wait at once; their requests
  * are in flight together. A reply that arrives after its requester timed out is delivered like any
- * other message (handler or hsbus_fetch). Starts the receiver thread on first use.
+ * other message (handler or hsbus_fetch). Starts the receiver thread on first use; called from a
+ * handler, it starts one more receiver if every receiver is inside the handler, so a handler may
+ * make requests of its own (up to 63 at once).
  * Errors: those of hsbus_send, HSBUS_ETIMEDOUT, the code of a sys.error.
  */
 HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, int timeout_ms,

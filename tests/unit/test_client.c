@@ -704,6 +704,75 @@ static void test_handler(void **state)
     fake_stop(f);
 }
 
+typedef struct tc_nested_state {
+    pthread_mutex_t mtx;
+    int ok;
+    int failed;
+} tc_nested_state;
+
+/* A handler that makes a request of its own: needs a second receiver to fetch the reply. */
+static hsbus_err tc_nested_handler(hsbus_client *c, const hsbus_msg *msg, void *arg)
+{
+    tc_nested_state *s = arg;
+    hsbus_msg m, *reply = NULL;
+    hsbus_err err;
+
+    (void)msg;
+    tc_msg(&m, "echo", "inner");
+    err = hsbus_request(c, &m, 2000, &reply);
+    pthread_mutex_lock(&s->mtx);
+    if (err == HSBUS_OK) {
+        s->ok++;
+    } else {
+        s->failed++;
+    }
+    pthread_mutex_unlock(&s->mtx);
+    hsbus_msg_free(&reply);
+    hsbus_msg_clear(&m);
+    usleep(50 * 1000); /* still inside the handler when the test closes the client */
+    return HSBUS_OK;
+}
+
+static void test_handler_nested_request(void **state)
+{
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    tc_nested_state ns = {.ok = 0};
+    hsbus_msg m;
+    int64_t until;
+
+    (void)state;
+    pthread_mutex_init(&ns.mtx, NULL);
+    assert_int_equal(hsbus_set_handler(c, tc_nested_handler, &ns), HSBUS_OK);
+    assert_int_equal(hsbus_start(c, 1), HSBUS_OK);
+    for (int i = 0; i < 3; i++) {
+        tc_msg(&m, "self", "outer");
+        assert_int_equal(hsbus_send(c, &m, NULL), HSBUS_OK);
+        hsbus_msg_clear(&m);
+    }
+    until = tc_now_ms() + 5000;
+    for (;;) {
+        int done;
+        pthread_mutex_lock(&ns.mtx);
+        done = ns.ok + ns.failed;
+        pthread_mutex_unlock(&ns.mtx);
+        if (done >= 3 || tc_now_ms() > until) {
+            break;
+        }
+        usleep(5 * 1000);
+    }
+    assert_int_equal(ns.ok, 3);
+    assert_int_equal(ns.failed, 0);
+    /* One more, and close while its handler runs: close waits for it, no deadlock. */
+    tc_msg(&m, "self", "outer");
+    assert_int_equal(hsbus_send(c, &m, NULL), HSBUS_OK);
+    hsbus_msg_clear(&m);
+    usleep(20 * 1000);
+    hsbus_close(&c);
+    pthread_mutex_destroy(&ns.mtx);
+    fake_stop(f);
+}
+
 /* With a receiver thread running, hsbus_fetch drains the local queue, which bounds the credit. */
 static void test_receiver_queue(void **state)
 {
@@ -784,10 +853,15 @@ static void test_daemon_gone(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_body_helpers),     cmocka_unit_test(test_connect_errors),
-        cmocka_unit_test(test_send_results),     cmocka_unit_test(test_fetch_acks),
-        cmocka_unit_test(test_request_parallel), cmocka_unit_test(test_request_errors),
-        cmocka_unit_test(test_handler),          cmocka_unit_test(test_receiver_queue),
+        cmocka_unit_test(test_body_helpers),
+        cmocka_unit_test(test_connect_errors),
+        cmocka_unit_test(test_send_results),
+        cmocka_unit_test(test_fetch_acks),
+        cmocka_unit_test(test_request_parallel),
+        cmocka_unit_test(test_request_errors),
+        cmocka_unit_test(test_handler),
+        cmocka_unit_test(test_receiver_queue),
+        cmocka_unit_test(test_handler_nested_request),
         cmocka_unit_test(test_daemon_gone),
     };
 
