@@ -203,7 +203,8 @@ HSBUS_API hsbus_err hsbus_connect(const char *url, const hsbus_opts *opts, hsbus
  * pending acks and nacks, says bye, closes the connection and frees the client and every message
  * still in its local queue (the daemon redelivers those: they were never acked). It sets *clientp
  * to NULL. clientp == NULL or *clientp == NULL is a no-op. Call it once, after every other call on
- * the client has returned, and never from a handler. Blocks up to about twice the call timeout.
+ * the client has returned, and never from a handler. Blocks until running handlers return, then
+ * up to the call timeout (ack flush) plus one second (bye).
  */
 HSBUS_API void hsbus_close(hsbus_client **clientp);
 
@@ -263,7 +264,7 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
  * fetch request carrying the pending acks and nacks; with them (after hsbus_request or hsbus_start
  * without a handler) it takes messages from the local queue. *n == 0 with HSBUS_OK means nothing
  * came in time. Any thread; blocks up to wait_ms plus the call timeout.
- * Errors: HSBUS_EINVAL (bad max, or a handler is set: the handler receives the messages),
+ * Errors: HSBUS_EINVAL (bad max, or a handler is set and receivers run: the handler gets them),
  * HSBUS_ETIMEDOUT, HSBUS_ECLOSED, HSBUS_EIO, HSBUS_ENOMEM, the daemon's code.
  */
 HSBUS_API hsbus_err hsbus_fetch(hsbus_client *client, size_t max, int wait_ms, hsbus_msg **msgs,
@@ -281,9 +282,10 @@ HSBUS_API hsbus_err hsbus_nack(hsbus_client *client, uint64_t id, const char *re
 
 /*
  * hsbus_flush_acks sends the pending acks and nacks now, in a fetch that does not wait. A message
- * that fetch returns is put in the local queue (or handed to the handler's queue) as if a receiver
- * had fetched it. On error the records stay pending. Any thread; blocks up to the call timeout.
- * Errors: HSBUS_ETIMEDOUT, HSBUS_ECLOSED, HSBUS_EIO, HSBUS_ENOMEM, the daemon's code.
+ * that fetch returns is put in the local queue, from where hsbus_fetch takes it (or a receiver
+ * thread hands it to the handler, if one is set). On error the records stay pending. Any thread;
+ * blocks up to the call timeout. Errors: HSBUS_ETIMEDOUT, HSBUS_ECLOSED, HSBUS_EIO, HSBUS_ENOMEM,
+ * the daemon's code.
  */
 HSBUS_API hsbus_err hsbus_flush_acks(hsbus_client *client);
 
@@ -298,7 +300,7 @@ HSBUS_API hsbus_err hsbus_set_handler(hsbus_client *client, hsbus_handler fn, vo
  * hsbus_start makes sure at least threads (1..64) receiver threads run. Each keeps one fetch parked
  * at the daemon (so threads x 64 is this client's credit), hands replies to hsbus_request callers,
  * and runs the handler (if set) for every other message, or queues it for hsbus_fetch. Returns at
- * once; the threads run until hsbus_close. Any thread except a handler.
+ * once; the threads run until hsbus_close. Any thread, handlers included.
  * Errors: HSBUS_EINVAL, HSBUS_ENOMEM, HSBUS_EIO (no thread), HSBUS_ECLOSED.
  */
 HSBUS_API hsbus_err hsbus_start(hsbus_client *client, unsigned threads);
