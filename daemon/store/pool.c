@@ -17,6 +17,9 @@
 
 #include "daemon/store/schema.h"
 
+/* Prepared statements kept per connection at most (agents may use many distinct texts). */
+#define STORE_POOL_STMT_MAX 512
+
 typedef struct store_job {
     struct store_job *next;
     store_job_run_fn run;
@@ -417,6 +420,9 @@ hooks:
         jobs = next;
     }
     t_done = store_now_ns() - t_done;
+    /* No table-set pointer is held between groups: bound the statement cache here. */
+    w->n_written = 0;
+    store_stmt_cache_trim(w->stmts, STORE_POOL_STMT_MAX);
     pthread_mutex_lock(&p->mu);
     p->st.done_ns += t_done;
     pthread_mutex_unlock(&p->mu);
@@ -615,6 +621,7 @@ hsb_err store_pool_checkout(store_pool *p, uint32_t timeout_ms, store_conn **out
 
 void store_pool_checkin(store_pool *p, store_conn *c)
 {
+    store_stmt_cache_trim(c->stmts, STORE_POOL_STMT_MAX);
     uint64_t now = store_now_ns();
 
     pthread_mutex_lock(&p->mu);

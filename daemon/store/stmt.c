@@ -19,6 +19,8 @@ struct store_stmt_cache {
     bool collect_oom;
     uint64_t prepares;
     uint64_t hits;
+    uint64_t trimmed;
+    uint64_t tick;
 };
 
 uint64_t store_hash64(uint64_t h, const void *p, size_t len)
@@ -236,6 +238,7 @@ hsb_err store_stmt_get(store_stmt_cache *c, const char *sql, store_stmt **out)
                 return HSB_EINVAL;
             }
             s->in_use = true;
+            s->last_use = ++c->tick;
             c->hits++;
             *out = s;
             return HSB_OK;
@@ -281,6 +284,7 @@ hsb_err store_stmt_get(store_stmt_cache *c, const char *sql, store_stmt **out)
         store_stmt_grow(c);
     }
     s->in_use = true;
+    s->last_use = ++c->tick;
     *out = s;
     return HSB_OK;
 
@@ -297,10 +301,50 @@ void store_stmt_put(store_stmt_cache *c, store_stmt *s)
     s->in_use = false;
 }
 
+static int store_stmt_cmp_use(const void *a, const void *b)
+{
+    const store_stmt *x = *(store_stmt *const *)a, *y = *(store_stmt *const *)b;
+    return x->last_use < y->last_use ? -1 : x->last_use > y->last_use;
+}
+
+void store_stmt_cache_trim(store_stmt_cache *c, size_t max)
+{
+    store_stmt **all;
+    size_t n = 0;
+
+    if (c->count <= max) {
+        return;
+    }
+    all = malloc(c->count * sizeof(*all));
+    if (all == NULL) {
+        return;
+    }
+    for (size_t b = 0; b < c->n_buckets; b++) {
+        for (store_stmt *s = c->buckets[b]; s != NULL; s = s->next) {
+            if (!s->in_use) {
+                all[n++] = s;
+            }
+        }
+    }
+    qsort(all, n, sizeof(*all), store_stmt_cmp_use);
+    for (size_t i = 0; i < n && c->count > max / 2; i++) {
+        store_stmt **pp = &c->buckets[all[i]->hash & (c->n_buckets - 1)];
+        while (*pp != all[i]) {
+            pp = &(*pp)->next;
+        }
+        *pp = all[i]->next;
+        store_stmt_entry_free(all[i]);
+        c->count--;
+        c->trimmed++;
+    }
+    free(all);
+}
+
 void store_stmt_stats_get(const store_stmt_cache *c, store_stmt_stats *st)
 {
     st->prepares = c->prepares;
     st->hits = c->hits;
+    st->trimmed = c->trimmed;
     st->entries = c->count;
 }
 

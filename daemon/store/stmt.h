@@ -43,6 +43,7 @@ typedef struct store_stmt {
     char *sql;
     size_t sql_len;
     uint64_t hash;
+    uint64_t last_use;
     struct store_stmt *next;
 } store_stmt;
 
@@ -51,6 +52,7 @@ typedef struct store_stmt_cache store_stmt_cache;
 typedef struct store_stmt_stats {
     uint64_t prepares; /* statements prepared (cache misses) */
     uint64_t hits;     /* gets served from the cache */
+    uint64_t trimmed;  /* statements finalized by store_stmt_cache_trim */
     size_t entries;
 } store_stmt_stats;
 
@@ -79,6 +81,13 @@ hsb_err store_stmt_get(store_stmt_cache *c, const char *sql, store_stmt **out);
 
 /* store_stmt_put resets s, clears its bindings and returns it to the cache. Never fails. */
 void store_stmt_put(store_stmt_cache *c, store_stmt *s);
+
+/*
+ * store_stmt_cache_trim bounds the cache: when it holds more than max statements, it finalizes the
+ * least recently used ones not in use until max / 2 remain. Call it only when no table-set pointer
+ * from this cache is still held (the pool calls it after each group and at reader checkin).
+ */
+void store_stmt_cache_trim(store_stmt_cache *c, size_t max);
 
 /* store_stmt_stats_get copies the counters. Same thread as the connection's user. */
 void store_stmt_stats_get(const store_stmt_cache *c, store_stmt_stats *st);

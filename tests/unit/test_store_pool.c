@@ -448,6 +448,42 @@ static void test_stmt_cache_reuse(void **state)
     store_pool_checkin(p, c);
 }
 
+static void test_stmt_cache_trim(void **state)
+{
+    fixture *f = *state;
+    store_pool *p = store_pool_of(f->st);
+    store_conn *c;
+    store_stmt *s, *hot;
+    store_stmt_stats ss;
+    char sql[64];
+
+    assert_int_equal(store_pool_checkout(p, 100, &c), HSB_OK);
+    assert_int_equal(store_conn_stmt(c, "SELECT 'hot'", &hot), HSB_OK);
+    for (int i = 0; i < 40; i++) {
+        snprintf(sql, sizeof(sql), "SELECT %d", i);
+        assert_int_equal(store_conn_stmt(c, sql, &s), HSB_OK);
+        store_conn_put(c, s);
+    }
+    store_stmt_cache_trim(c->stmts, 16);
+    store_stmt_stats_get(c->stmts, &ss);
+    assert_true(ss.entries <= 8);
+    assert_true(ss.trimmed >= 33);
+    /* In use: kept, and still valid. */
+    assert_int_equal(sqlite3_step(hot->stmt), SQLITE_ROW);
+    store_conn_put(c, hot);
+    /* The most recently used survive. */
+    uint64_t prepares = ss.prepares;
+    assert_int_equal(store_conn_stmt(c, "SELECT 39", &s), HSB_OK);
+    store_conn_put(c, s);
+    store_stmt_stats_get(c->stmts, &ss);
+    assert_int_equal(ss.prepares, prepares);
+    assert_int_equal(store_conn_stmt(c, "SELECT 0", &s), HSB_OK);
+    store_conn_put(c, s);
+    store_stmt_stats_get(c->stmts, &ss);
+    assert_int_equal(ss.prepares, prepares + 1);
+    store_pool_checkin(p, c);
+}
+
 static hsb_err writes_run(store_conn *c, void *arg)
 {
     store_stmt *s;
@@ -535,6 +571,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reader_checkout_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reader_checkout_waits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stmt_cache_reuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stmt_cache_trim, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stmt_write_tables, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrations_idempotent, setup, teardown),
         cmocka_unit_test(test_open_errors),
