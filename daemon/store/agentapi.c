@@ -138,7 +138,7 @@ out_key:
     store_qresult_fini(&res);
     store_qcache_snap_fini(&snap);
     store_qkey_fini(&key);
-    return err;
+    return err == HSB_EBUSY ? HSB_EIO : err; /* a locked schema after busy_timeout */
 }
 
 hsb_err store_agent_query(store *st, const char *sql, const hsb_value *params, size_t n,
@@ -168,7 +168,7 @@ static hsb_err store_write_run(store_conn *c, void *arg)
         int rc;
 
         if (err != HSB_OK) {
-            return err;
+            return err == HSB_EBUSY ? HSB_EIO : err;
         }
         if (s->txn) {
             err = HSB_EINVAL;
