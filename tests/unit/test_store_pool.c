@@ -548,6 +548,57 @@ static void test_migrations_idempotent(void **state)
     sqlite3_close(db);
 }
 
+static void count_done(void *arg, hsb_err err)
+{
+    if (err == HSB_OK) {
+        (*(int *)arg)++;
+    }
+}
+
+typedef struct closer {
+    store *st;
+    hsb_err err;
+} closer;
+
+static void *closer_main(void *arg)
+{
+    closer *c = arg;
+    c->err = store_close(c->st);
+    return NULL;
+}
+
+/* store_close finishes what was queued: every completion runs, and the rows are committed. */
+static void test_close_drains_queue(void **state)
+{
+    fixture *f = *state;
+    gate g;
+    int done = 0;
+    pthread_t th;
+
+    create_table(f->st, "CREATE TABLE q(id INTEGER PRIMARY KEY)");
+    gate_hold(f->st, &g);
+    for (int i = 0; i < 100; i++) {
+        hsb_value v = {.type = HSB_VALUE_INT, .u.i = i};
+        hsb_stmt s = {"INSERT INTO q(id) VALUES (?)", &v, 1};
+        assert_int_equal(store_write(f->st, &s, 1, 0, count_done, &done), HSB_OK);
+    }
+    closer c = {f->st, HSB_EINTERNAL};
+    pthread_create(&th, NULL, closer_main, &c);
+    usleep(20000); /* let close start: it must wait for the writer */
+    gate_release(&g);
+    pthread_join(th, NULL);
+    assert_int_equal(c.err, HSB_OK);
+    assert_int_equal(done, 100);
+    pthread_cond_destroy(&g.cv);
+    pthread_mutex_destroy(&g.mu);
+
+    f->st = fixture_open(f, STORE_SYNC_FULL);
+    int64_t n = -1;
+    assert_int_equal(store_query(f->st, "SELECT count(*) FROM q", NULL, 0, 0, 0, count_row, &n),
+                     HSB_OK);
+    assert_int_equal(n, 100);
+}
+
 static void test_open_errors(void **state)
 {
     (void)state;
@@ -574,6 +625,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stmt_cache_trim, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stmt_write_tables, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migrations_idempotent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_drains_queue, setup, teardown),
         cmocka_unit_test(test_open_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
