@@ -276,11 +276,28 @@ typedef struct work_ol {
     const char *to;
     bench_result *r;
     uint64_t late;        /* requests that started more than 1 ms after their schedule */
+    uint64_t unsent;      /* requests still unsent 1 s after the window (system overloaded) */
     bench_hist spike_lat; /* latency of requests scheduled inside the spike */
     hsbus_err first_err;
     char first_msg[128];
 } work_ol;
 
+/* work_ol_step returns the scheduled time of the request after the one due at t. */
+static uint64_t work_ol_step(const work_ol *o, uint64_t t)
+{
+    double rate = o->rate;
+    if (t >= o->spike_from && t < o->spike_to) {
+        rate *= o->spike_mul;
+    }
+    return t + (uint64_t)(1e9 / rate);
+}
+
+/*
+ * work_ol_next hands out the next scheduled request. Requests are handed out in schedule order
+ * however late they are (their lateness is counted as latency); but once the measured window has
+ * ended and a grace second has passed, the remaining ones are not sent: they are counted as
+ * unsent (and failed) instead of stretching the run while a backlog drains.
+ */
 static bool work_ol_next(work_ol *o, uint64_t *t)
 {
     bool ok;
@@ -288,12 +305,15 @@ static bool work_ol_next(work_ol *o, uint64_t *t)
     pthread_mutex_lock(&o->mu);
     *t = o->next;
     ok = *t < o->end && !bench_interrupted;
-    if (ok) {
-        double rate = o->rate;
-        if (*t >= o->spike_from && *t < o->spike_to) {
-            rate *= o->spike_mul;
+    if (ok && bench_now_ns() > o->end + 1000000000u) {
+        for (uint64_t u = o->next; u < o->end; u = work_ol_step(o, u)) {
+            o->unsent++;
         }
-        o->next += (uint64_t)(1e9 / rate);
+        o->next = o->end;
+        ok = false;
+    }
+    if (ok) {
+        o->next = work_ol_step(o, o->next);
     }
     pthread_mutex_unlock(&o->mu);
     return ok;
@@ -422,7 +442,10 @@ static int work_open_loop(bench_env *e, const work_ol_cfg *cfg, bench_result *r)
     }
     work_finish(r, o->rec_from, o->end);
     r->offered = cfg->rate;
+    r->failed += o->unsent;
+    r->total += o->unsent;
     bench_result_extra(r, "late_starts", (double)o->late);
+    bench_result_extra(r, "unsent", (double)o->unsent);
     if (cfg->spike_mul > 0) {
         bench_result_extra(r, "spike_rate", cfg->rate * cfg->spike_mul);
         bench_result_extra(r, "spike_p99_ms", bench_hist_pct(&o->spike_lat, 99) / 1e6);
