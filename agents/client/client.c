@@ -212,17 +212,46 @@ HSBUS_API const char *hsbus_strerror(hsbus_err err)
     return hsb_strerror((hsb_err)err);
 }
 
+/* The C names of the public codes; a static table, so the strings are static too. */
+static const char *const hsbus_err_names[HSBUS_ERR_COUNT] = {
+    [HSBUS_OK] = "HSBUS_OK",
+    [HSBUS_EBADMSG] = "HSBUS_EBADMSG",
+    [HSBUS_ETYPE] = "HSBUS_ETYPE",
+    [HSBUS_EMISSING] = "HSBUS_EMISSING",
+    [HSBUS_EBADNAME] = "HSBUS_EBADNAME",
+    [HSBUS_EBADPRIO] = "HSBUS_EBADPRIO",
+    [HSBUS_ETRUNC] = "HSBUS_ETRUNC",
+    [HSBUS_ETRAILING] = "HSBUS_ETRAILING",
+    [HSBUS_EDEPTH] = "HSBUS_EDEPTH",
+    [HSBUS_EUTF8] = "HSBUS_EUTF8",
+    [HSBUS_EBADOP] = "HSBUS_EBADOP",
+    [HSBUS_EVERSION] = "HSBUS_EVERSION",
+    [HSBUS_ERANGE] = "HSBUS_ERANGE",
+    [HSBUS_ETOOBIG] = "HSBUS_ETOOBIG",
+    [HSBUS_ENOROUTE] = "HSBUS_ENOROUTE",
+    [HSBUS_EEXPIRED] = "HSBUS_EEXPIRED",
+    [HSBUS_EBUSY] = "HSBUS_EBUSY",
+    [HSBUS_EBREAKER_OPEN] = "HSBUS_EBREAKER_OPEN",
+    [HSBUS_EAUTH] = "HSBUS_EAUTH",
+    [HSBUS_EDENIED] = "HSBUS_EDENIED",
+    [HSBUS_EDUPLICATE] = "HSBUS_EDUPLICATE",
+    [HSBUS_ESHUTDOWN] = "HSBUS_ESHUTDOWN",
+    [HSBUS_EINTERNAL] = "HSBUS_EINTERNAL",
+    [HSBUS_ENOMEM] = "HSBUS_ENOMEM",
+    [HSBUS_EIO] = "HSBUS_EIO",
+    [HSBUS_ETIMEDOUT] = "HSBUS_ETIMEDOUT",
+    [HSBUS_ECLOSED] = "HSBUS_ECLOSED",
+    [HSBUS_EINVAL] = "HSBUS_EINVAL",
+    [HSBUS_ENOTFOUND] = "HSBUS_ENOTFOUND",
+    [HSBUS_EDURABLE] = "HSBUS_EDURABLE",
+};
+
 HSBUS_API const char *hsbus_err_name(hsbus_err err)
 {
-    static _Thread_local char buf[48];
-    const char *n = hsb_err_name((hsb_err)err);
-
-    /* "HSB_EBUSY" -> "HSBUS_EBUSY": one table (proto/err.c), two prefixes. */
-    if (n != NULL && strncmp(n, "HSB_", 4) == 0) {
-        snprintf(buf, sizeof(buf), "HSBUS_%s", n + 4);
-        return buf;
+    if ((int)err < 0 || err >= HSBUS_ERR_COUNT || hsbus_err_names[err] == NULL) {
+        return "HSBUS_EUNKNOWN";
     }
-    return n != NULL ? n : "HSBUS_EINTERNAL";
+    return hsbus_err_names[err];
 }
 
 /* hsbus_from_nng maps an nng error to the client's codes, once, at the transport boundary. */

@@ -170,7 +170,8 @@ typedef hsbus_err (*hsbus_handler)(hsbus_client *client, const hsbus_msg *msg, v
 /* hsbus_strerror returns a short English description of err. The string is static. Any thread. */
 HSBUS_API const char *hsbus_strerror(hsbus_err err);
 
-/* hsbus_err_name returns the C name of err ("HSBUS_EBUSY"). The string is static. Any thread. */
+/* hsbus_err_name returns the C name of err ("HSBUS_EBUSY"), "HSBUS_EUNKNOWN" for a value outside
+ * the enum. The string is static. Any thread. */
 HSBUS_API const char *hsbus_err_name(hsbus_err err);
 
 /*
