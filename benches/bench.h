@@ -165,6 +165,10 @@ int bench_write_plot(const bench_report *rep, const char *path, const char *tmpd
  * baseline cannot be read. */
 int bench_compare(const bench_report *rep, const char *path);
 
+/* bench_selftest checks the histogram and the gate on synthetic data, writing a scratch file in
+ * tmpdir (bench_selftest.c). Returns the process exit code. */
+int bench_selftest(const char *tmpdir);
+
 /* ---- reference (bench_ref.c) -------------------------------------------------------------- */
 
 /* bench_ref_server runs a REP echo server on url with n contexts until SIGTERM/SIGINT (the

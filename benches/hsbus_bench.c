@@ -97,6 +97,7 @@ static void main_usage(FILE *out)
         "  --compare FILE       gate against a baseline (benches/baseline.json); exit 1 on\n"
         "                       a regression\n"
         "  --keep               keep the temporary directory (daemon and agent logs)\n"
+        "  --selftest           check the histogram and the gate on synthetic data, exit\n"
         "  -h, --help           this text\n"
         "Exit: 0 done, 1 regression, 2 usage, 3 setup failed (daemon, reference, a workload).\n");
 }
@@ -321,7 +322,8 @@ int main(int argc, char **argv)
         O_ROLE,
         O_NAME,
         O_THREADS,
-        O_STAT
+        O_STAT,
+        O_SELFTEST
     };
     static const struct option opts[] = {
         {"hsbusd", required_argument, NULL, O_HSBUSD},
@@ -340,6 +342,7 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, O_THREADS},
         {"stat", required_argument, NULL, O_STAT},
         {"producers", required_argument, NULL, 'p'},
+        {"selftest", no_argument, NULL, O_SELFTEST},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -349,7 +352,7 @@ int main(int argc, char **argv)
     size_t n_sets = 0;
     double duration = 0;
     int trials = 1, producers = 4, threads = 0, ch, code = 3, setup_failed = 0;
-    bool short_form = false, keep = false;
+    bool short_form = false, keep = false, selftest = false;
     bool sel[MAIN_N_WORKS] = {false};
 
     while ((ch = getopt_long(argc, argv, "w:t:sn:p:h", opts, NULL)) != -1) {
@@ -406,6 +409,9 @@ int main(int argc, char **argv)
         case O_STAT:
             stat = optarg;
             break;
+        case O_SELFTEST:
+            selftest = true;
+            break;
         case 'h':
             main_usage(stdout);
             return 0;
@@ -459,6 +465,11 @@ int main(int argc, char **argv)
     if (mkdtemp(tmpdir) == NULL) {
         perror("mkdtemp");
         return 3;
+    }
+    if (selftest) {
+        int rc = bench_selftest(tmpdir);
+        rmdir(tmpdir);
+        return rc;
     }
 
     bench_env env = {.self = self,
