@@ -312,7 +312,9 @@ static size_t store_pool_take_locked(store_pool *p, size_t max, store_job **firs
     return n;
 }
 
-static void store_pool_run_jobs(store_conn *w, store_job *j)
+/* Runs jobs each in a savepoint. Returns false when SQLite rolled the whole transaction back on
+ * its own (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM...): the group is lost, the rest is skipped. */
+static bool store_pool_run_jobs(store_conn *w, store_job *j)
 {
     for (; j != NULL; j = j->next) {
         if (j->run == NULL) {
@@ -325,10 +327,17 @@ static void store_pool_run_jobs(store_conn *w, store_job *j)
         }
         j->err = j->run(w, j->arg);
         if (j->err != HSB_OK) {
+            if (sqlite3_get_autocommit(w->db)) {
+                for (j = j->next; j != NULL; j = j->next) {
+                    j->err = HSB_EIO;
+                }
+                return false;
+            }
             store_pool_exec_simple(w, "ROLLBACK TO store_job");
         }
         store_pool_exec_simple(w, "RELEASE store_job");
     }
+    return true;
 }
 
 static void store_pool_run_group(store_pool *p, store_job *jobs, store_job *last, size_t n)
@@ -352,9 +361,9 @@ static void store_pool_run_group(store_pool *p, store_job *jobs, store_job *last
         }
         goto hooks;
     }
-    store_pool_run_jobs(w, jobs);
+    bool alive = store_pool_run_jobs(w, jobs);
     /* Late joiners: jobs queued while these ran share this COMMIT (and its fsync) too. */
-    while (n < p->cfg.group_max) {
+    while (alive && n < p->cfg.group_max) {
         store_job *more, *more_last;
         pthread_mutex_lock(&p->mu);
         size_t m = store_pool_take_locked(p, p->cfg.group_max - n, &more, &more_last);
@@ -365,19 +374,21 @@ static void store_pool_run_group(store_pool *p, store_job *jobs, store_job *last
         last->next = more;
         last = more_last;
         n += m;
-        store_pool_run_jobs(w, more);
+        alive = store_pool_run_jobs(w, more);
     }
     if (p->hooks.before_commit != NULL && (w->n_written > 0 || w->written_all)) {
         p->hooks.before_commit(p->hooks.arg, w->written, w->n_written, w->written_all);
     }
     uint64_t t0 = store_now_ns();
     run_ns = t0 - t_begin;
-    err = store_pool_exec_simple(w, "COMMIT");
+    err = alive ? store_pool_exec_simple(w, "COMMIT") : HSB_EIO;
     commit_ns = store_now_ns() - t0;
     if (err == HSB_OK) {
         committed = true;
     } else {
-        sqlite3_exec(w->db, "ROLLBACK", NULL, NULL, NULL);
+        if (!sqlite3_get_autocommit(w->db)) {
+            sqlite3_exec(w->db, "ROLLBACK", NULL, NULL, NULL);
+        }
         for (store_job *j = jobs; j != NULL; j = j->next) {
             if (j->err == HSB_OK) {
                 j->err = HSB_EIO;

@@ -282,6 +282,46 @@ static void test_failing_job_rolled_back_alone(void **state)
     pthread_mutex_destroy(&g.mu);
 }
 
+static hsb_err lose_txn_run(store_conn *c, void *arg)
+{
+    /* What SQLite does on SQLITE_FULL or SQLITE_IOERR: the whole transaction is rolled back. */
+    sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    return HSB_EIO;
+}
+
+static void test_lost_transaction_fails_group(void **state)
+{
+    fixture *f = *state;
+    gate g;
+    hsb_err e1 = HSB_OK, e2 = HSB_OK, e3 = HSB_OK, e4 = HSB_EINTERNAL;
+    int64_t n = -1;
+
+    create_table(f->st, "CREATE TABLE l(id INTEGER PRIMARY KEY)");
+    gate_hold(f->st, &g);
+    hsb_stmt a = {"INSERT INTO l(id) VALUES (1)", NULL, 0};
+    hsb_stmt c = {"INSERT INTO l(id) VALUES (3)", NULL, 0};
+    assert_int_equal(store_write(f->st, &a, 1, 0, record_err, &e1), HSB_OK);
+    assert_int_equal(store_pool_submit(store_pool_of(f->st), lose_txn_run, record_err, &e2, 0),
+                     HSB_OK);
+    assert_int_equal(store_write(f->st, &c, 1, 0, record_err, &e3), HSB_OK);
+    gate_release(&g);
+    assert_int_equal(store_sync(f->st), HSB_OK);
+    /* Nothing of the group was committed, and every job says so. */
+    assert_int_equal(e1, HSB_EIO);
+    assert_int_equal(e2, HSB_EIO);
+    assert_int_equal(e3, HSB_EIO);
+    assert_int_equal(store_query(f->st, "SELECT count(*) FROM l", NULL, 0, 0, STORE_QUERY_NOCACHE,
+                                 count_row, &n),
+                     HSB_OK);
+    assert_int_equal(n, 0);
+    /* The next group works. */
+    assert_int_equal(store_write(f->st, &c, 1, 0, record_err, &e4), HSB_OK);
+    assert_int_equal(store_sync(f->st), HSB_OK);
+    assert_int_equal(e4, HSB_OK);
+    pthread_cond_destroy(&g.cv);
+    pthread_mutex_destroy(&g.mu);
+}
+
 static void test_txn_control_refused(void **state)
 {
     fixture *f = *state;
@@ -617,6 +657,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_job_rolled_back_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lost_transaction_fails_group, setup, teardown),
         cmocka_unit_test_setup_teardown(test_txn_control_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_synchronous_and_wal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reader_checkout_timeout, setup, teardown),
