@@ -16,6 +16,11 @@ Example::
                 c.nack(m.id, str(e))
         c.flush_acks()
 
+    # callback style: an agent that answers every request with the reversed text
+    with hsbus.Client("ipc://run/agents.sock", agent="py-rev") as c:
+        c.serve(lambda m: c.reply(m, m.data()[::-1]), threads=2)
+        c.wait()                                  # until the daemon goes away
+
 The library is looked up as $HSBUS_LIB, then ctypes.util.find_library("hsbus"), then
 "libhsbus.so.0". Bodies: bytes are sent as a msgpack bin, str as a msgpack str; pass raw=True to
 send bytes that already are one encoded msgpack value. Message.body is always the raw encoded
@@ -62,6 +67,7 @@ class _Opts(ctypes.Structure):
 
 
 _MsgP = ctypes.POINTER(_Msg)
+_HANDLER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, _MsgP, ctypes.c_void_p)
 
 
 def _load():
@@ -84,6 +90,8 @@ def _load():
         "hsbus_nack": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p]),
         "hsbus_flush_acks": (ctypes.c_int, [ctypes.c_void_p]),
         "hsbus_wait": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+        "hsbus_set_handler": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]),
+        "hsbus_start": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint]),
         "hsbus_msg_init": (None, [_MsgP]),
         "hsbus_msg_clear": (None, [_MsgP]),
         "hsbus_msg_free": (None, [ctypes.POINTER(_MsgP)]),
@@ -260,6 +268,24 @@ class Client:
 
     def flush_acks(self):
         self._check(_L().hsbus_flush_acks(self._c))
+
+    def serve(self, fn, threads=1):
+        """Callback style: runs fn(message) on `threads` library threads for every message that
+        is not a reply to a request of ours. Returning normally acks the message; raising nacks it
+        (the exception text is the reason). fn may call reply(), send() and request(). Returns at
+        once; the threads run until close(). Use wait() to block the main thread."""
+
+        def trampoline(_client, msg, _arg):
+            try:
+                fn(Message(msg.contents))
+                return 0
+            except Exception:  # the daemon redelivers; the breaker counts the failure
+                return 22  # HSBUS_EINTERNAL
+
+        self._handler = _HANDLER(trampoline)  # keep it alive as long as the client
+        self._check(_L().hsbus_set_handler(self._c, ctypes.cast(self._handler, ctypes.c_void_p),
+                                           None))
+        self._check(_L().hsbus_start(self._c, threads))
 
     def wait(self, timeout_ms=-1):
         """Blocks until the connection is lost (returns False) or timeout_ms passes (True)."""
