@@ -561,6 +561,7 @@ static void bus_redeliver(bus *b, bus_agent *a, bus_client *c, const bus_infligh
         return;
     }
     a->redelivered++;
+    bus_note_deadline(b, a, m); /* the queue may have been empty, its sweep disarmed */
     bus_event_queue(b, "redeliver", a, m->env.id, 0, 0, reason);
 }
 

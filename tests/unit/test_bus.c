@@ -1003,6 +1003,45 @@ static void test_ack_timeout_redelivers(void **state)
     assert_true(seen);
 }
 
+static void test_expired_on_redelivery(void **state)
+{
+    (void)state;
+    bus_client *p = ext("portal");
+    bus_client *w = attach("worker", NULL, NULL, BUS_CLIENT_PUSH, 1);
+    hsb_envelope m = env_to("worker", HSB_PRIO_NORMAL);
+    m.ttl_ms = 100;
+    uint64_t id = send_ok(p, &m);
+    tick(10);            /* delivered: the queue is empty, its sweep has nothing left */
+    tick(90);            /* the sweep fires on an empty queue */
+    bus_detach(F->b, w); /* back to the queue, nobody to take it; the deadline has passed */
+    tick(1);
+    assert_int_equal(stats("worker").expired, 1);
+    fetch(p, 10, 0, NULL);
+    bus_flush(F->b);
+    assert_int_equal(F->got[F->n_got - 1].corr, id);
+    assert_string_equal(F->got[F->n_got - 1].err, "E_EXPIRED");
+}
+
+static void test_redelivered_message_expires_by_timer(void **state)
+{
+    (void)state;
+    bus_client *p = ext("portal");
+    bus_client *w = attach("worker", NULL, NULL, BUS_CLIENT_PUSH, 1);
+    hsb_envelope m = env_to("worker", HSB_PRIO_NORMAL);
+    m.ttl_ms = 100;
+    send_ok(p, &m);
+    tick(10); /* A is in flight, the mailbox is full */
+    m.ttl_ms = 20;
+    send_ok(p, &m); /* B waits and expires at +30: that sweep leaves the queue empty, disarmed */
+    tick(20);
+    assert_int_equal(stats("worker").expired, 1);
+    bus_detach(F->b, w); /* A back in the queue with 70 ms to live and no instance */
+    assert_int_equal(stats("worker").queued[HSB_PRIO_NORMAL], 1);
+    tick(70);
+    assert_int_equal(stats("worker").expired, 2);
+    assert_int_equal(stats("worker").queued[HSB_PRIO_NORMAL], 0);
+}
+
 static void test_detach_redelivers_to_other_instance(void **state)
 {
     (void)state;
@@ -1509,6 +1548,8 @@ int main(void)
         T(test_breaker_deadline_overrun_is_failure),
         T(test_nack_redelivers_at_front),
         T(test_ack_timeout_redelivers),
+        T(test_expired_on_redelivery),
+        T(test_redelivered_message_expires_by_timer),
         T(test_detach_redelivers_to_other_instance),
         T(test_max_deliveries_dead_letters),
         T(test_duplicate_cid_answers_first_id),
