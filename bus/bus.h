@@ -301,10 +301,9 @@ bool bus_drain(bus *b);
 /* ---- operators --------------------------------------------------------------------------- */
 
 typedef enum bus_breaker_action {
-    BUS_BREAKER_FORCE_OPEN =
-        0,                   /* OPEN, no recovery timeout, failures ignored: held until an action */
-    BUS_BREAKER_FORCE_CLOSE, /* CLOSED, failures do not open it: held until an action */
-    BUS_BREAKER_RESET,       /* CLOSED with counters cleared, forced state lifted */
+    BUS_BREAKER_FORCE_OPEN = 0, /* OPEN, no recovery timeout: held until another action */
+    BUS_BREAKER_FORCE_CLOSE,    /* CLOSED, failures do not open it: held until another action */
+    BUS_BREAKER_RESET,          /* CLOSED with counters cleared, forced state lifted */
 } bus_breaker_action;
 
 /* bus_breaker_force applies an operator action to agent's breaker. A change of state is logged,
