@@ -487,7 +487,7 @@ int main(int argc, char **argv)
     rep.load1_before = main_load1();
 
     if (url == NULL) {
-        char *dargv[8 + 2 * MAIN_SETS_MAX];
+        char *dargv[10 + 2 * MAIN_SETS_MAX];
         size_t k = 0;
         snprintf(runp, sizeof(runp), "%s/run", tmpdir);
         snprintf(datap, sizeof(datap), "%s/var", tmpdir);
@@ -501,6 +501,8 @@ int main(int argc, char **argv)
         dargv[k++] = datap;
         dargv[k++] = "-l";
         dargv[k++] = "warn";
+        dargv[k++] = "--set"; /* a free port: other daemons may hold the default one */
+        dargv[k++] = "metrics.port=0";
         for (size_t i = 0; i < n_sets; i++) {
             dargv[k++] = "--set";
             dargv[k++] = (char *)sets[i];
