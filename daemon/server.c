@@ -695,12 +695,8 @@ hsb_err srv_init(srv *s, const config *cfg, const char *const *sets, size_t n_se
         log_info("restored", "queued=%" PRIu64 " undecodable=%" PRIu64, t1.queued - t0.queued, bad);
     }
 
-    err = gw_new(&s->cfg, s->bus, &s->ib, &s->gw);
-    if (err != HSB_OK) {
-        goto fail_bus;
-    }
-    gw_set_token_check(s->gw, srv_token_of, s);
-
+    /* Agents first: the socket opens only once every agent runs, so a client never reaches a
+     * daemon that is about to fail its start-up. */
     for (size_t i = 0; i < s->cfg.n_agents; i++) {
         const config_agent *a = &s->cfg.agents[i];
         if (a->enabled && srv_agent_start(s, a) != HSB_OK) {
@@ -708,6 +704,11 @@ hsb_err srv_init(srv *s, const config *cfg, const char *const *sets, size_t n_se
             goto fail_agents;
         }
     }
+    err = gw_new(&s->cfg, s->bus, &s->ib, &s->gw);
+    if (err != HSB_OK) {
+        goto fail_agents;
+    }
+    gw_set_token_check(s->gw, srv_token_of, s);
 
     uv_check_init(&s->loop, &s->check);
     s->check.data = s;
@@ -744,9 +745,7 @@ fail_agents:
     for (size_t i = 0; i < s->n_agents; i++) {
         agent_host_stop(s->agents[i].host);
     }
-    gw_stop(s->gw);
-    inbox_drain(&s->ib);
-    gw_free(s->gw, true);
+    inbox_drain(&s->ib); /* batches the workers posted (none is expected this early) */
     for (size_t i = 0; i < s->n_agents; i++) {
         bus_detach(s->bus, s->agents[i].client);
         agent_host_free(s->agents[i].host);

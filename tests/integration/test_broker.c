@@ -271,6 +271,8 @@ typedef struct tb_replier {
 static hsbus_err tb_reply_handler(hsbus_client *c, const hsbus_msg *msg, void *arg)
 {
     tb_replier *r = arg;
+    /* Count before replying: the requester may see the reply before this handler returns. */
+    __atomic_add_fetch(&r->count, 1, __ATOMIC_SEQ_CST);
     const uint8_t *p;
     size_t n;
     hsbus_msg_body_bytes(msg, &p, &n);
@@ -281,7 +283,6 @@ static hsbus_err tb_reply_handler(hsbus_client *c, const hsbus_msg *msg, void *a
     hsbus_msg_set_body_str(&tmp, buf, (size_t)len);
     hsbus_err err = hsbus_reply(c, msg, tmp.body, tmp.body_len);
     hsbus_msg_clear(&tmp);
-    __atomic_add_fetch(&r->count, 1, __ATOMIC_SEQ_CST);
     return err;
 }
 
