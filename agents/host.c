@@ -22,6 +22,7 @@ struct agent_host {
     const hsb_agent_ops *ops;
     void *state;
     char name[HSB_NAME_MAX + 1];
+    size_t name_len;
     agent_host_services svc;
     void *owner;
 
@@ -110,7 +111,7 @@ static hsb_err agent_env_send(hsb_agent_env *env, const hsb_envelope *msg)
     e.id = 0;
     e.deadline = 0;
     e.deliveries = 0;
-    snprintf(e.from, sizeof(e.from), "%s", h->name);
+    memcpy(e.from, h->name, h->name_len + 1); /* hot path: no snprintf */
 
     bus_msg *m = bus_msg_new(&e);
     if (m == NULL) {
@@ -332,6 +333,7 @@ hsb_err agent_host_start(const hsb_agent_ops *ops, const char *name, uint32_t wo
     h->ops = ops;
     h->svc = *svc;
     snprintf(h->name, sizeof(h->name), "%s", name);
+    h->name_len = strlen(h->name);
     h->env = (hsb_agent_env){
         .abi = HSB_AGENT_ABI,
         .name = h->name,
