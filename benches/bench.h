@@ -68,13 +68,16 @@ double bench_hist_mean(const bench_hist *h);
 /*
  * The page a sink process shares with the bench (a file in the bench's temporary directory, mapped
  * MAP_SHARED by both). received[] counts messages per priority lane; lat[] is the latency from the
- * timestamp the sender put in the first 8 bytes of the body to the moment the sink got it.
+ * timestamp the sender put in the first 8 bytes of the body to the moment the sink got it. The
+ * 9th byte of a critical message's payload may tag its phase (bench_w_priority): 'I' idle (recorded
+ * in lat_idle instead), 'X' a transition (not recorded), anything else as usual.
  */
 typedef struct bench_shm {
     uint64_t ready;
     uint64_t received[4];
     uint64_t errors;
     bench_hist lat[4];
+    bench_hist lat_idle; /* critical messages tagged 'I' (sent while the bus was idle) */
 } bench_shm;
 
 /* bench_shm_map creates (create=true, truncated and zeroed) or opens the file at path and maps it.

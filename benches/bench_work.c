@@ -552,6 +552,8 @@ typedef struct work_prod {
     bool durable;
     uint64_t end;
     uint64_t period_ns; /* 0: as fast as possible; else one request per period */
+    const int *gate;    /* NULL, or send only while *gate != 0 (priority: load on/off) */
+    const int *tag;     /* NULL, or a phase byte written after the timestamp in each body */
     uint64_t sent, busy, failed;
     hsbus_err first_err;
     char first_msg[128];
@@ -599,8 +601,15 @@ static void *work_prod_thread(void *arg)
         if (bench_now_ns() >= p->end) {
             break;
         }
+        if (p->gate != NULL && __atomic_load_n(p->gate, __ATOMIC_RELAXED) == 0) {
+            usleep(1000);
+            continue;
+        }
         for (size_t i = 0; i < p->batch; i++) {
             work_stamp(&msgs[i], off);
+            if (p->tag != NULL) {
+                msgs[i].body[off + 8] = (uint8_t)__atomic_load_n(p->tag, __ATOMIC_RELAXED);
+            }
         }
         hsbus_err err = p->batch == 1 ? hsbus_send(c, &msgs[0], &res[0].id)
                                       : hsbus_send_batch(c, msgs, p->batch, res);
@@ -773,72 +782,88 @@ int bench_w_durable(bench_env *e, bench_result *r)
     return work_flow(e, r, NULL, 64, true, e->producers);
 }
 
+/*
+ * priority: one producer sends a critical message every 5 ms for the whole run while two others
+ * saturate the sink's low lane in alternating 1 s segments: load on, load off. The critical
+ * messages are tagged with the phase they were sent in ('L' loaded, 'I' idle; 'X' for the first
+ * 250 ms after a switch, while the previous phase's backlog may still drain, not recorded), so
+ * "idle" and "loaded" p99 are measured interleaved, under the same background noise. The rate is
+ * the low lane's delivery rate while the load is on.
+ */
 int bench_w_priority(bench_env *e, bench_result *r)
 {
     work_child sink = {0};
     work_prods low = {0}, crit = {0};
     char name[64];
-    bench_hist *idle = calloc(1, sizeof(*idle));
-    bench_hist *before = calloc(1, sizeof(*before));
+    static int gate, tag;
 
     snprintf(r->name, sizeof(r->name), "priority");
     snprintf(r->what, sizeof(r->what),
-             "saturating low lane (2 producers x 64) + 200/s critical; low msg/s delivered");
+             "low lane saturated (2 producers x 64) 1 s on / 1 s off + 200/s critical; "
+             "low msg/s while on");
     snprintf(r->unit, sizeof(r->unit), "msg/s");
-    if (idle == NULL || before == NULL) {
-        goto out;
-    }
     unsigned seq = e->seq++;
     snprintf(name, sizeof(name), "bench-prio-%u", seq);
     if (work_child_start(e, &sink, "sink", name, 2, r) != 0) {
-        goto out;
+        return -1;
     }
-    /* Phase 1: the critical trickle alone, on an idle bus. */
-    double idle_secs = e->secs / 2 < 2 ? 2 : e->secs / 2;
-    bench_live_begin("priority-idle", idle_secs, NULL);
+    __atomic_store_n(&gate, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&tag, 'X', __ATOMIC_RELAXED);
+    double secs = 2 * e->secs; /* half of it loaded, half idle */
+    bench_live_begin(r->name, secs, NULL);
     uint64_t t0 = bench_now_ns();
-    uint64_t idle_end = t0 + (uint64_t)(idle_secs * 1e9);
-    crit.p = (work_prod){.e = e,
-                         .to = name,
-                         .batch = 1,
-                         .prio = HSBUS_PRIO_CRITICAL,
-                         .end = idle_end,
-                         .period_ns = 5000000};
-    work_prods_start(&crit, 1);
-    bench_hist_snapshot(before, &sink.shm->lat[0]);
-    work_prods_join(&crit);
-    usleep(100000);
-    bench_hist_snapshot(idle, &sink.shm->lat[0]);
-    bench_hist_sub(idle, before);
-    /* Phase 2: the same trickle under a saturating low-priority load. */
-    bench_live_begin(r->name, e->secs, NULL);
-    t0 = bench_now_ns();
     uint64_t rec_from = t0 + work_warmup_ns(e->secs);
-    uint64_t end = rec_from + (uint64_t)(e->secs * 1e9);
-    low.p = (work_prod){.e = e, .to = name, .batch = 64, .prio = HSBUS_PRIO_LOW, .end = end};
+    uint64_t end = rec_from + (uint64_t)(secs * 1e9);
+    low.p = (work_prod){
+        .e = e, .to = name, .batch = 64, .prio = HSBUS_PRIO_LOW, .end = end, .gate = &gate};
     crit.p = (work_prod){.e = e,
                          .to = name,
                          .batch = 1,
                          .prio = HSBUS_PRIO_CRITICAL,
                          .end = end,
-                         .period_ns = 5000000};
+                         .period_ns = 5000000,
+                         .tag = &tag};
     work_prods_start(&low, 2);
     work_prods_start(&crit, 1);
     bench_sleep_until(rec_from);
-    bench_hist_snapshot(before, &sink.shm->lat[0]);
-    work_sample(sink.shm, HSBUS_PRIO_LOW, rec_from, end, r);
-    bench_hist_snapshot(&r->lat, &sink.shm->lat[0]);
-    bench_hist_sub(&r->lat, before);
+    uint64_t last = bench_load(&sink.shm->received[HSBUS_PRIO_LOW]), on_count = 0;
+    double on_secs = 0;
+    for (size_t k = 0; !bench_interrupted; k++) {
+        bool on = (k / 4) % 2 == 0; /* 4 steps of 0.25 s per segment */
+        __atomic_store_n(&gate, on, __ATOMIC_RELAXED);
+        __atomic_store_n(&tag, k % 4 == 0 ? 'X' : on ? 'L' : 'I', __ATOMIC_RELAXED);
+        uint64_t t = rec_from + (uint64_t)((double)(k + 1) * BENCH_SERIES_STEP * 1e9);
+        bench_sleep_until(t > end ? end : t);
+        uint64_t now = bench_load(&sink.shm->received[HSBUS_PRIO_LOW]);
+        if (k < BENCH_SERIES_MAX) {
+            r->series[k] = (uint32_t)(now - last);
+        }
+        bench_add(&bench_live_now.ok, now - last);
+        if (on) {
+            on_count += now - last;
+            on_secs += BENCH_SERIES_STEP;
+        }
+        last = now;
+        if (t >= end) {
+            break;
+        }
+    }
     work_prods_join(&low);
     work_prods_join(&crit);
+    usleep(100000);
+    bench_hist *idle = &sink.shm->lat_idle;
+    bench_hist_snapshot(&r->lat, &sink.shm->lat[0]);
     work_finish(r, rec_from, end);
+    r->ok = on_count;
+    r->rate = on_secs > 0 ? (double)on_count / on_secs : 0;
     r->failed = low.p.failed + crit.p.failed;
     r->total = r->ok + r->failed;
     double p99_idle = bench_hist_pct(idle, 99) / 1e6, p99_load = bench_hist_pct(&r->lat, 99) / 1e6;
     bench_result_extra(r, "crit_p99_idle_ms", p99_idle);
     bench_result_extra(r, "crit_p99_load_ms", p99_load);
     bench_result_extra(r, "crit_p99_x_idle", p99_idle > 0 ? p99_load / p99_idle : 0);
-    bench_result_extra(r, "crit_count", (double)r->lat.count);
+    bench_result_extra(r, "crit_n_idle", (double)idle->count);
+    bench_result_extra(r, "crit_n_load", (double)r->lat.count);
     bench_result_extra(r, "low_busy", (double)low.p.busy);
     if (low.p.first_err != HSBUS_OK || crit.p.first_err != HSBUS_OK) {
         bool l = low.p.first_err != HSBUS_OK;
@@ -846,11 +871,8 @@ int bench_w_priority(bench_env *e, bench_result *r)
                  hsbus_err_name(l ? low.p.first_err : crit.p.first_err),
                  l ? low.p.first_msg : crit.p.first_msg);
     }
-out:
     work_child_stop(&sink);
-    free(idle);
-    free(before);
-    return r->available ? 0 : -1;
+    return 0;
 }
 
 /* ---- roles ------------------------------------------------------------------------------------
@@ -933,7 +955,11 @@ static void *work_sink_thread(void *arg)
             if (hsbus_msg_body_bytes(msgs[i], &data, &len) == HSBUS_OK && len >= 8) {
                 uint64_t ts;
                 memcpy(&ts, data, sizeof(ts));
-                if (ts > 0 && ts <= now) {
+                /* A critical message may carry a phase tag (priority): 'I' idle, 'X' skip. */
+                uint8_t tag = len >= 9 ? data[8] : 0;
+                if (ts > 0 && ts <= now && lane == 0 && tag == 'I') {
+                    bench_hist_record(&s->shm->lat_idle, now - ts);
+                } else if (ts > 0 && ts <= now && !(lane == 0 && tag == 'X')) {
                     bench_hist_record(&s->shm->lat[lane], now - ts);
                 }
             }
