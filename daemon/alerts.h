@@ -70,21 +70,25 @@ typedef void (*alerts_tick_fn)(void *arg);
  * "memory_rss_bytes". Static; any thread. */
 const char *alerts_rule_name(alerts_rule r);
 
-/* alerts_start creates the evaluator and starts its timer on s's loop. On HSB_OK *out is owned
- * by the caller until alerts_free. Errors: HSB_ENOMEM, HSB_EIO (libuv refused the timer). */
+/* alerts_start creates the evaluator and starts its timer on s's loop; the first tick comes one
+ * interval later. On HSB_OK *out is owned by the caller until alerts_free. Loop thread; never
+ * blocks. Errors: HSB_ENOMEM, HSB_EIO (libuv refused the timer). */
 hsb_err alerts_start(struct srv *s, alerts **out);
 
-/* alerts_set_tick_hook makes fn(arg) run at the end of every tick (and once at once). */
+/* alerts_set_tick_hook makes fn(arg) run on the loop at the end of every tick, and once right
+ * away. al keeps fn and arg (not owned) until alerts_stop. Loop thread. */
 void alerts_set_tick_hook(alerts *al, alerts_tick_fn fn, void *arg);
 
-/* alerts_sample_get copies the last tick's sample into *out. */
+/* alerts_sample_get copies the last tick's sample into *out. Loop thread; never blocks. */
 void alerts_sample_get(const alerts *al, alerts_sample *out);
 
-/* alerts_firing copies up to max firing alerts into out and returns how many are firing. */
+/* alerts_firing copies up to max firing alerts into out (the caller's array) and returns how many
+ * are firing, which may exceed max. Loop thread; never blocks. */
 size_t alerts_firing(const alerts *al, alerts_state *out, size_t max);
 
-/* alerts_stop closes the timer (uv_close). alerts_free frees al after the loop has run the close
- * callback. alerts_free(NULL) does nothing. */
+/* alerts_stop closes the timer (uv_close); no tick runs afterwards. alerts_free frees al once the
+ * loop has run the close callback (srv_fini's time). Both on the loop thread; alerts_stop(NULL)
+ * and alerts_free(NULL) do nothing. */
 void alerts_stop(alerts *al);
 void alerts_free(alerts *al);
 

@@ -45,11 +45,13 @@ typedef struct metrics metrics;
 hsb_err metrics_start(struct srv *s, struct alerts *al, struct control *ctl, const char *bind,
                       unsigned port, metrics **out);
 
-/* metrics_refresh publishes a new snapshot of the loop's state. Loop thread (the alerts tick);
- * never waits for a scrape. */
+/* metrics_refresh publishes a new snapshot of the loop's state; m is a metrics * (void * so that
+ * it can be the alerts tick hook). The previous snapshot is freed by its last reader. Loop thread;
+ * never waits for a scrape. Out of memory keeps the previous snapshot (its age then shows in
+ * /healthz). */
 void metrics_refresh(void *m);
 
-/* metrics_url returns the URL actually bound ("http://127.0.0.1:9464"). Owned by m. */
+/* metrics_url returns the URL actually bound ("http://127.0.0.1:9464"), owned by m. Any thread. */
 const char *metrics_url(const metrics *m);
 
 /* metrics_stop stops the HTTP server (open scrapes finish first). Loop thread; blocks briefly. */
