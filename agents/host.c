@@ -426,6 +426,11 @@ const char *agent_host_name(const agent_host *h)
     return h->name;
 }
 
+hsb_agent_env *agent_host_env(agent_host *h)
+{
+    return &h->env;
+}
+
 hsb_err agent_host_push(agent_host *h, const bus_delivery *d, size_t n)
 {
     agent_batch *b = agent_batch_new(h, n);

@@ -78,6 +78,10 @@ void agent_host_set_owner(agent_host *h, void *owner);
 void *agent_host_owner(const agent_host *h);
 const char *agent_host_name(const agent_host *h);
 
+/* agent_host_env returns the environment the host gives its agent (for tests that act as the
+ * agent's own threads). Owned by h. */
+hsb_agent_env *agent_host_env(agent_host *h);
+
 /*
  * agent_host_push queues n deliveries as one batch for a worker. It takes the references in d[]
  * (d itself is copied). Loop thread; never blocks. Errors: HSB_ENOMEM, HSB_ESHUTDOWN (stopped):
