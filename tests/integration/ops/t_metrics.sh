@@ -81,6 +81,15 @@ ok "/healthz 503 lists 'breaker: echo open', recovers on reset"
 
 http_get /nope
 [ "$HTTP_CODE" = 404 ] || fail "/nope answered $HTTP_CODE"
+
+# A second daemon on the same metrics port refuses to start (exit 1), saying why.
+PORT=${METRICS##*:}
+timeout 30 "$HSBUSD" -r "$T/run2" -d "$T/var2" --set "metrics.port=$PORT" 2>"$T/second.log"
+rc=$?
+[ $rc -eq 1 ] || fail "a second daemon on port $PORT exited $rc: $(cat "$T/second.log")"
+grep -q "event=metrics_failed url=http://127.0.0.1:$PORT err=\"Address in use\"" "$T/second.log" ||
+    fail "no metrics_failed line: $(cat "$T/second.log")"
+ok "a metrics port in use stops start-up with exit 1 and event=metrics_failed"
 stop_daemon
 
 # metrics.enabled = false: no HTTP server at all.
