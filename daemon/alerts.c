@@ -52,7 +52,8 @@ struct alerts {
     alerts_entry global; /* process-wide rules (memory) */
     alerts_entry *ents;
     size_t n_ents, cap_ents;
-    uint64_t store_prev_failed;
+    uint64_t store_prev_failed;  /* commits that failed, at the previous tick */
+    uint64_t store_prev_refused; /* write jobs refused (queue full), at the previous tick */
     /* per-tick sums for the rates */
     uint64_t sum_delivered, sum_acked, sum_failed;
     alerts_tick_fn hook;
@@ -237,8 +238,12 @@ static void alerts_sample_store(alerts *al)
     if (al->s->store != NULL) {
         store_stats st;
         store_stats_get(al->s->store, &st);
-        al->smp.store_ok = st.pool.groups_failed == al->store_prev_failed;
+        /* Writable: no commit failed and no write job was refused for a full queue (a stuck
+         * writer) since the previous tick. */
+        al->smp.store_ok = st.pool.groups_failed == al->store_prev_failed &&
+                           st.pool.refused_busy == al->store_prev_refused;
         al->store_prev_failed = st.pool.groups_failed;
+        al->store_prev_refused = st.pool.refused_busy;
     }
 #endif
 }

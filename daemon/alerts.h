@@ -4,7 +4,8 @@
  * One uv_timer on the loop fires every alerts.interval_ms (live: a reload re-arms it). Each tick
  *   1. samples the daemon: rates per second over the last interval, the loop's lag (how late the
  *      timer fired), RSS and CPU time (daemon/procstat.h) and, when the store is attached, whether
- *      its last commits succeeded;
+ *      it is writable (no commit failed and no write job was refused for a full queue since the
+ *      previous tick);
  *   2. evaluates the rules, per agent where it makes sense:
  *        p99_latency_ms   p99 of enqueue->ack latency over the interval  > alerts.p99_ms
  *        error_rate_pct   (nacked+expired+rejected) / (delivered+rejected) > alerts.error_pct
@@ -60,7 +61,7 @@ typedef struct alerts_sample {
     uint64_t loop_lag_max_ms; /* the worst since start */
     procstat proc;
     bool store_present;
-    bool store_ok; /* no failed commit since the previous tick */
+    bool store_ok; /* no failed commit and no write refused for a full queue since the last tick */
 } alerts_sample;
 
 typedef struct alerts alerts;

@@ -466,7 +466,7 @@ static uint16_t metrics_health(metrics_buf *b, const metrics_snap *sn)
         bad = true;
     }
     if (sn->smp.store_present && !sn->smp.store_ok) {
-        metrics_printf(b, "store: not writable (a commit failed)\n");
+        metrics_printf(b, "store: not writable (a commit failed or the write queue is full)\n");
         bad = true;
     }
     for (size_t i = 0; i < sn->n_agents; i++) {

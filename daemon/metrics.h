@@ -17,7 +17,8 @@
  *   loop: no tick for N ms          the loop has not refreshed the snapshot for 3 intervals
  *   loop_lag: N ms > M ms           the last tick was late by more than alerts.loop_lag_ms
  *   memory: rss N > M bytes         RSS over alerts.rss_bytes (when set)
- *   store: not writable             a commit failed since the previous tick (store attached)
+ *   store: not writable             a commit failed, or a write was refused for a full queue,
+ *                                   since the previous tick (store attached)
  *   breaker: AGENT open             an agent's breaker is open
  *   draining                        the daemon is shutting down
  *
