@@ -4,8 +4,10 @@
  * Writes. One thread, the writer, owns the only write connection. Other threads never run SQL on
  * it: they submit write jobs (store_pool_submit) to a bounded queue. The writer takes everything
  * queued (up to group_max jobs), opens one transaction (BEGIN IMMEDIATE), runs every job inside
- * its own SAVEPOINT, and COMMITs once: one fsync for the whole group. A job whose run function
- * fails is rolled back to its savepoint alone, so it does not fail the others. After the COMMIT
+ * its own SAVEPOINT, takes the jobs queued meanwhile (late joiners) into the same transaction, and
+ * COMMITs once: one fsync for the whole group. A job whose run function fails is rolled back to its
+ * savepoint alone, so it does not fail the others; if SQLite rolls the whole transaction back by
+ * itself (SQLITE_FULL, SQLITE_IOERR...), every job of the group fails. After the COMMIT
  * (or the failed COMMIT) the writer calls the pool's hooks (the query cache's invalidation, the
  * audit chain's bookkeeping) and then every job's completion, in submission order, on the writer
  * thread, with no lock held. A completion therefore always means "committed" (HSB_OK) or "not
@@ -16,7 +18,8 @@
  * at a time. With WAL, readers never block the writer nor each other, and each read statement
  * sees the database as of the last COMMIT before its first step.
  *
- * Every connection caches its prepared statements (stmt.h). Use store_conn_stmt/store_conn_put.
+ * Every connection caches its prepared statements (stmt.h), at most 512 per connection (the least
+ * recently used are finalized between uses). Use store_conn_stmt/store_conn_put.
  */
 #ifndef HSB_STORE_POOL_H
 #define HSB_STORE_POOL_H
