@@ -1159,7 +1159,8 @@ hsb_err bus_send(bus *b, bus_client *from, const hsb_envelope *envs, size_t n,
             bus_result(&results[i], HSB_ENOMEM, 0);
             continue;
         }
-        snprintf(m->env.from, sizeof(m->env.from), "%s", from_agent);
+        size_t from_len = strlen(from_agent); /* a valid name: fits, checked at attach */
+        memcpy(m->env.from, from_agent, from_len + 1);
         m->env.id = b->next_id++;
         m->env.deadline = (int64_t)(now + bus_ttl_for(b, env, nd));
         m->env.deliveries = 0;

@@ -4,10 +4,14 @@
 
 #include "bus/idmap.h"
 
+/* The full murmur3 finaliser. Keys are mostly consecutive ids; a weaker mix maps them onto long
+ * runs of neighbouring slots, and deletion, which scans to the end of a run, then gets slow. */
 static size_t bus_idmap_hash(uint64_t k, size_t cap)
 {
     k ^= k >> 33;
     k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
     k ^= k >> 33;
     return (size_t)k & (cap - 1);
 }

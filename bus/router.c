@@ -9,7 +9,6 @@ void bus_router_init(bus_router *r, size_t reply_max)
 {
     memset(r, 0, sizeof(*r));
     r->reply_max = reply_max != 0 ? reply_max : 1;
-    bus_idmap_init(&r->reply_index);
 }
 
 void bus_router_fini(bus_router *r)
@@ -17,7 +16,6 @@ void bus_router_fini(bus_router *r)
     free(r->types.v);
     free(r->topics.v);
     free(r->replies);
-    bus_idmap_fini(&r->reply_index);
     memset(r, 0, sizeof(*r));
 }
 
@@ -158,48 +156,31 @@ size_t bus_router_match_topic(const bus_router *r, const char *topic, void **out
     return n;
 }
 
-static void bus_router_reply_pop(bus_router *r)
-{
-    bus_reply_slot *s = &r->replies[r->reply_head];
-    if (s->id != 0) {
-        bus_idmap_del(&r->reply_index, s->id);
-    }
-    r->reply_head = (r->reply_head + 1) % r->reply_max;
-    r->reply_len--;
-}
-
 hsb_err bus_router_reply_add(bus_router *r, uint64_t id, uint64_t session, void *agent,
                              uint64_t deadline)
 {
+    if (id == 0) {
+        return HSB_EINVAL;
+    }
     if (r->replies == NULL) {
         r->replies = calloc(r->reply_max, sizeof(*r->replies));
         if (r->replies == NULL) {
             return HSB_ENOMEM;
         }
     }
-    if (r->reply_len == r->reply_max) {
-        bus_router_reply_pop(r);
-    }
-    size_t pos = (r->reply_head + r->reply_len) % r->reply_max;
-    hsb_err err = bus_idmap_put(&r->reply_index, id, pos);
-    if (err != HSB_OK) {
-        return err;
-    }
-    r->replies[pos] =
+    r->replies[id % r->reply_max] =
         (bus_reply_slot){.id = id, .session = session, .deadline = deadline, .agent = agent};
-    r->reply_len++;
     return HSB_OK;
 }
 
 bool bus_router_reply_find(const bus_router *r, uint64_t corr, uint64_t now, uint64_t *session,
                            void **agent)
 {
-    uint64_t pos;
-    if (!bus_idmap_get(&r->reply_index, corr, &pos)) {
+    if (r->replies == NULL || corr == 0) {
         return false;
     }
-    const bus_reply_slot *s = &r->replies[pos];
-    if (s->deadline <= now) {
+    const bus_reply_slot *s = &r->replies[corr % r->reply_max];
+    if (s->id != corr || s->deadline <= now) {
         return false;
     }
     *session = s->session;
@@ -209,9 +190,7 @@ bool bus_router_reply_find(const bus_router *r, uint64_t corr, uint64_t now, uin
 
 void bus_router_reply_forget(bus_router *r, uint64_t id)
 {
-    uint64_t pos;
-    if (bus_idmap_get(&r->reply_index, id, &pos)) {
-        r->replies[pos].id = 0;
-        bus_idmap_del(&r->reply_index, id);
+    if (r->replies != NULL && id != 0 && r->replies[id % r->reply_max].id == id) {
+        r->replies[id % r->reply_max].id = 0;
     }
 }

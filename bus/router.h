@@ -11,8 +11,11 @@
  * cheaper to scan than to hash at that size.
  *
  * Replies: a bounded map from a message id to its sending instance (session) and agent, kept until
- * the message's deadline (a reply after that is pointless: the request has expired) or until it is
- * forgotten (dead-lettered) or evicted as the oldest when the map is full.
+ * the message's deadline (a reply after that is pointless: the request has expired), until it is
+ * forgotten (dead-lettered, expired), or until reply_max newer ids have been allocated. Ids are
+ * allocated in sequence by the bus, so the map is direct-mapped (slot = id % reply_max, the slot
+ * keeps its id to check): no hashing, no allocation after the first, and the oldest entries are
+ * the ones overwritten.
  *
  * Threads: the bus's loop thread. Nothing blocks or calls back.
  */
@@ -23,7 +26,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "bus/idmap.h"
 #include "proto/envelope.h"
 
 typedef struct bus_route {
@@ -50,11 +52,8 @@ typedef struct bus_reply_slot {
 typedef struct bus_router {
     bus_route_list types;
     bus_route_list topics;
-    bus_reply_slot *replies; /* ring of reply_max slots, allocated on first use */
+    bus_reply_slot *replies; /* reply_max slots, allocated on first use */
     size_t reply_max;
-    size_t reply_head;
-    size_t reply_len;
-    bus_idmap reply_index; /* id -> ring position */
 } bus_router;
 
 void bus_router_init(bus_router *r, size_t reply_max);
@@ -76,8 +75,8 @@ void *bus_router_match_type(const bus_router *r, const char *type);
  * there are in all (which may exceed max). */
 size_t bus_router_match_topic(const bus_router *r, const char *topic, void **out, size_t max);
 
-/* bus_router_reply_add remembers that id was sent by session of agent, until deadline. The
- * oldest entry is evicted when the map is full. Errors: HSB_ENOMEM. */
+/* bus_router_reply_add remembers that id (not 0) was sent by session of agent, until deadline,
+ * replacing the entry of id - reply_max. Errors: HSB_ENOMEM (first use only), HSB_EINVAL. */
 hsb_err bus_router_reply_add(bus_router *r, uint64_t id, uint64_t session, void *agent,
                              uint64_t deadline);
 
