@@ -115,11 +115,26 @@ static void control_release(control_ctx *cc)
     }
 }
 
+/* control_log_safe copies s for a quoted log value: quotes, backslashes and control characters
+ * (which an operator's argument may carry into an error text) become '?', so one event stays one
+ * well-formed line. */
+static void control_log_safe(const char *s, char *out, size_t len)
+{
+    size_t i;
+
+    for (i = 0; s[i] != '\0' && i + 1 < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        out[i] = (ch < 0x20 || ch == 0x7f || ch == '"' || ch == '\\') ? '?' : (char)ch;
+    }
+    out[i] = '\0';
+}
+
 /* control_set_result turns the reply into an error reply when err is not HSB_OK. */
 static void control_set_result(control_ctx *cc, hsb_err err)
 {
     cmdtab_call *call = &cc->call;
     const cmdtab_entry *e = call->entry;
+    char safe[sizeof(call->msg)];
 
     if (err == HSB_OK) {
         return;
@@ -127,8 +142,9 @@ static void control_set_result(control_ctx *cc, hsb_err err)
     if (call->msg[0] == '\0') {
         snprintf(call->msg, sizeof(call->msg), "%s", hsb_strerror(err));
     }
+    control_log_safe(call->msg, safe, sizeof(safe));
     log_info("control_command_failed", "cmd=%s sub=%s err=%s msg=\"%s\"", e->name,
-             e->sub != NULL ? e->sub : "-", hsb_err_name(err), call->msg);
+             e->sub != NULL ? e->sub : "-", hsb_err_name(err), safe);
     msgpack_sbuffer_clear(&cc->buf);
     hsb_enc_ctl_reply_err(&cc->pk, err, call->msg);
 }
@@ -263,8 +279,9 @@ static void control_dispatch(control_ctx *cc, nng_msg *m)
     err = hsb_dec_ctl_request(&cc->dec, nng_msg_body(m), nng_msg_len(m), &cc->req);
     nng_msg_free(m);
     if (err != HSB_OK) {
-        log_info("control_bad_request", "err=%s msg=\"%s\"", hsb_err_name(err),
-                 hsb_dec_errmsg(&cc->dec));
+        char safe[200];
+        control_log_safe(hsb_dec_errmsg(&cc->dec), safe, sizeof(safe));
+        log_info("control_bad_request", "err=%s msg=\"%s\"", hsb_err_name(err), safe);
         control_reply_err(cc, err, hsb_dec_errmsg(&cc->dec));
         return;
     }

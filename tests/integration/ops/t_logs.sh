@@ -29,8 +29,13 @@ if [ "$(ctl --json status | jget 'd["store"]')" != absent ]; then
     ID=$(ctl --json dlq list | jget 'd[0]["id"]')
     ctl dlq show "$ID" | grep -q "$MARK" || fail "dlq show does not show the body (it should, to the operator)"
 fi
+# An operator's argument cannot forge a log line (newlines and quotes are neutralised).
+ctl log-level $'loud\nts=2026-01-01T00:00:00.000Z level=error event=forged' >/dev/null 2>&1
+ctl breaker open 'x" event=forged' >/dev/null 2>&1
 stop_daemon
 
+grep -q "event=forged" "$LOG" && grep -E '^ts=[^ ]+ level=error event=forged|[^?]" event=forged' "$LOG" &&
+    fail "an argument forged a log line"
 grep -q "event=" "$LOG" || fail "empty log"
 if grep -n -- "$MARK" "$LOG"; then
     fail "a message body reached the log"
