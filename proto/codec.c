@@ -864,14 +864,14 @@ hsb_err proto_get_name(hsb_dec *dec, const proto_path *at, proto_key key, const 
     s = o->via.str.ptr;
     n = o->via.str.size;
     if (!pattern && n > 0 && n <= HSB_NAME_MAX) {
-        /* Fast path for plain names: check while copying. */
+        /* Fast path for plain names: copy, then check the copy. */
         uint32_t i;
         unsigned char ok = 1;
-        for (i = 0; i < n; i++) {
-            ok &= proto_name_class[(unsigned char)s[i]];
-            dst[i] = s[i];
-        }
+        memcpy(dst, s, n);
         dst[n] = '\0';
+        for (i = 0; i < n; i++) {
+            ok &= proto_name_class[(unsigned char)dst[i]];
+        }
         if (ok) {
             return HSB_OK;
         }
@@ -890,6 +890,30 @@ hsb_err proto_get_name(hsb_dec *dec, const proto_path *at, proto_key key, const 
     return HSB_OK;
 }
 
+/*
+ * proto_ascii_nonul reports whether s[0..n) is ASCII without NUL, eight bytes at a time: a word
+ * has a byte >= 0x80 if it has a bit of 0x80..80 set, and a zero byte if (w - 0x01..01) & ~w has
+ * one (the classic exact test).
+ */
+static inline bool proto_ascii_nonul(const char *s, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t bad = 0, w;
+
+    while (n >= 8) {
+        memcpy(&w, s, 8);
+        bad |= w | ((w - ones) & ~w);
+        s += 8;
+        n -= 8;
+    }
+    if (n > 0) {
+        w = ones; /* pad with 0x01 bytes: ASCII, not NUL */
+        memcpy(&w, s, n);
+        bad |= w | ((w - ones) & ~w);
+    }
+    return (bad & highs) == 0;
+}
+
 static hsb_err proto_text(hsb_dec *dec, const proto_path *at, proto_key key,
                           const msgpack_object *o, size_t minlen, size_t maxlen, bool truncate,
                           size_t *outlen)
@@ -900,6 +924,10 @@ static hsb_err proto_text(hsb_dec *dec, const proto_path *at, proto_key key,
         return proto_fail(dec, HSB_ETYPE, at, key, "must be a string");
     }
     n = o->via.str.size;
+    /* ASCII without NUL, the usual case, needs neither check below. */
+    if (proto_ascii_nonul(o->via.str.ptr, n)) {
+        goto checked;
+    }
     if (!hsb_utf8_valid(o->via.str.ptr, n)) {
         return proto_fail(dec, HSB_EUTF8, at, key, "string is not valid UTF-8");
     }
@@ -907,6 +935,7 @@ static hsb_err proto_text(hsb_dec *dec, const proto_path *at, proto_key key,
     if (n > 0 && memchr(o->via.str.ptr, '\0', n) != NULL) {
         return proto_fail(dec, HSB_EUTF8, at, key, "text must not contain NUL");
     }
+checked:
     if (n < minlen || (n > maxlen && !truncate)) {
         return proto_fail(dec, HSB_ERANGE, at, key, "must be %zu..%zu bytes long", minlen, maxlen);
     }

@@ -301,7 +301,8 @@ hsb_err hsb_dec_request(hsb_dec *dec, const void *buf, size_t len, hsb_request *
     uint64_t own = 0;
     hsb_err err;
 
-    memset(req, 0, sizeof(*req));
+    /* Only the op and the part of the union that the op uses are cleared (the union is large). */
+    req->op = HSB_OP_BYE;
     err = proto_unpack(dec, buf, len, &root);
     if (err != HSB_OK) {
         return err;
@@ -319,12 +320,15 @@ hsb_err hsb_dec_request(hsb_dec *dec, const void *buf, size_t len, hsb_request *
     }
     if (op->via.str.size == 4 && memcmp(op->via.str.ptr, "send", 4) == 0) {
         req->op = HSB_OP_SEND;
+        memset(&req->u.send, 0, sizeof(req->u.send));
         own = PROTO_SEND_KEYS;
     } else if (op->via.str.size == 5 && memcmp(op->via.str.ptr, "fetch", 5) == 0) {
         req->op = HSB_OP_FETCH;
+        memset(&req->u.fetch, 0, sizeof(req->u.fetch));
         own = PROTO_FETCH_KEYS;
     } else if (op->via.str.size == 5 && memcmp(op->via.str.ptr, "hello", 5) == 0) {
         req->op = HSB_OP_HELLO;
+        memset(&req->u.hello, 0, sizeof(req->u.hello));
         own = PROTO_HELLO_KEYS;
     } else if (op->via.str.size == 3 && memcmp(op->via.str.ptr, "bye", 3) == 0) {
         req->op = HSB_OP_BYE;
