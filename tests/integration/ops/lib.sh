@@ -5,7 +5,9 @@
 # Assertions use `hsbusctl --json` parsed by python3's json module; nothing asserts a timing: every
 # wait is a bounded poll for a condition.
 #
-# Environment (set by meson): HSBUSD, HSBUSCTL, OPS_CLIENT, HSB_SRCDIR.
+# Environment (set by meson): HSBUSD, HSBUSCTL, OPS_CLIENT, HSB_SRCDIR; OPS_WRAPPER, when set,
+# prefixes the daemon's command line (the valgrind suite: any memory error or leak makes the
+# daemon exit 99, which stop_daemon and the drain check report).
 set -u
 : "${HSBUSD:?}" "${HSBUSCTL:?}" "${OPS_CLIENT:?}" "${HSB_SRCDIR:?}"
 
@@ -50,9 +52,10 @@ trap ops_cleanup EXIT
 
 # start_daemon [hsbusd options...]: start hsbusd and wait until it logged event=started.
 start_daemon() {
-    "$HSBUSD" -r "$RUN" -d "$DATA" --set metrics.port=0 "$@" 2>>"$LOG" &
+    # shellcheck disable=SC2086 # OPS_WRAPPER is a command line
+    ${OPS_WRAPPER:-} "$HSBUSD" -r "$RUN" -d "$DATA" --set metrics.port=0 "$@" 2>>"$LOG" &
     DPID=$!
-    for _ in $(seq 200); do
+    for _ in $(seq 600); do
         grep -q 'event=started' "$LOG" 2>/dev/null && break
         kill -0 "$DPID" 2>/dev/null || fail "hsbusd exited during start-up"
         sleep 0.05
