@@ -17,9 +17,7 @@
 #include "daemon/log.h"
 #include "daemon/server.h"
 
-#if HSB_OPS_STORE
 #include "daemon/store/store.h"
-#endif
 
 typedef struct alerts_rstate {
     bool pending; /* the condition holds; since pending_ms */
@@ -234,7 +232,6 @@ static void alerts_sample_store(alerts *al)
 {
     al->smp.store_present = al->s->store != NULL;
     al->smp.store_ok = al->s->store != NULL;
-#if HSB_OPS_STORE
     if (al->s->store != NULL) {
         store_stats st;
         store_stats_get(al->s->store, &st);
@@ -245,7 +242,6 @@ static void alerts_sample_store(alerts *al)
         al->store_prev_failed = st.pool.groups_failed;
         al->store_prev_refused = st.pool.refused_busy;
     }
-#endif
 }
 
 static void alerts_tick(alerts *al)

@@ -27,9 +27,7 @@
 #include "daemon/log.h"
 #include "daemon/server.h"
 #include "proto/codec.h"
-#if HSB_OPS_STORE
 #include "daemon/store/store.h"
-#endif
 
 #define CMDTAB_DECL(name, sub, args, min, max, flags, help, fn)                                    \
     static hsb_err fn(cmdtab_call *call);
@@ -552,8 +550,6 @@ static bool cmdtab_parse_u64(const char *s, uint64_t *out)
     return true;
 }
 
-#if HSB_OPS_STORE
-
 static hsb_err cmdtab_no_store(cmdtab_call *call)
 {
     if (call->s->store != NULL) {
@@ -947,61 +943,5 @@ static hsb_err cmdtab_audit_verify(cmdtab_call *call)
     cmdtab_kv_u64(call->pk, "last_seq", rep.last_seq);
     return HSB_OK;
 }
-
-#else /* !HSB_OPS_STORE */
-
-static hsb_err cmdtab_no_store(cmdtab_call *call)
-{
-    uint64_t id;
-    /* Arguments are still checked, so that usage errors read the same with or without a store. */
-    for (size_t i = 0; i < call->n_args; i++) {
-        if (!cmdtab_parse_u64(call->args[i], &id)) {
-            snprintf(call->msg, sizeof(call->msg), "usage: %s %s %s (numbers)", call->entry->name,
-                     call->entry->sub, call->entry->args);
-            return HSB_EINVAL;
-        }
-    }
-    snprintf(call->msg, sizeof(call->msg),
-             "store not available: this hsbusd runs without the "
-             "SQLite store");
-    return HSB_EIO;
-}
-
-static hsb_err cmdtab_dlq_list(cmdtab_call *call)
-{
-    return cmdtab_no_store(call);
-}
-
-static hsb_err cmdtab_dlq_show(cmdtab_call *call)
-{
-    return cmdtab_no_store(call);
-}
-
-static hsb_err cmdtab_dlq_replay(cmdtab_call *call)
-{
-    return cmdtab_no_store(call);
-}
-
-static hsb_err cmdtab_dlq_purge(cmdtab_call *call)
-{
-    return cmdtab_no_store(call);
-}
-
-static hsb_err cmdtab_cache_stats(cmdtab_call *call)
-{
-    return cmdtab_no_store(call);
-}
-
-static hsb_err cmdtab_cache_flush(cmdtab_call *call)
-{
-    return cmdtab_no_store(call);
-}
-
-static hsb_err cmdtab_audit_verify(cmdtab_call *call)
-{
-    return cmdtab_no_store(call);
-}
-
-#endif /* HSB_OPS_STORE */
 
 #endif /* !CMDTAB_CLIENT */

@@ -29,15 +29,6 @@
 
 #include "proto/err.h"
 
-/*
- * HSB_OPS_STORE is 1 once hsbusd links the SQLite store (daemon/store): then the dlq, cache and
- * audit commands, the store metrics and the store health check use it. At 0 they answer "store
- * not available" and the store is reported absent.
- */
-#ifndef HSB_OPS_STORE
-#define HSB_OPS_STORE 1
-#endif
-
 #define CMDTAB_LIVE   1u /* a live view: `hsbusctl --watch` may repeat it */
 #define CMDTAB_WORKER 2u /* may block: runs on the control worker thread, never on the loop */
 

@@ -21,9 +21,7 @@
 #include "daemon/procstat.h"
 #include "daemon/server.h"
 
-#if HSB_OPS_STORE
 #include "daemon/store/store.h"
-#endif
 
 #define METRICS_FIRING_MAX 64
 
@@ -44,9 +42,7 @@ typedef struct metrics_snap {
     size_t n_agents;
     alerts_state firing[METRICS_FIRING_MAX];
     size_t n_firing;
-#if HSB_OPS_STORE
     store_stats st;
-#endif
 } metrics_snap;
 
 struct metrics {
@@ -133,11 +129,9 @@ void metrics_refresh(void *arg)
     if (sn->n_firing > METRICS_FIRING_MAX) {
         sn->n_firing = METRICS_FIRING_MAX;
     }
-#if HSB_OPS_STORE
     if (s->store != NULL) {
         store_stats_get(s->store, &sn->st);
     }
-#endif
 
     pthread_mutex_lock(&m->lock);
     old = m->cur;
@@ -303,7 +297,6 @@ static void metrics_format_store(metrics_buf *b, const metrics_snap *sn)
     metrics_one(b, "hsbus_store_up", "gauge",
                 "1 when the SQLite store is attached and its last commits succeeded.",
                 sn->smp.store_present && sn->smp.store_ok ? 1 : 0);
-#if HSB_OPS_STORE
     if (!sn->smp.store_present) {
         return;
     }
@@ -349,7 +342,6 @@ static void metrics_format_store(metrics_buf *b, const metrics_snap *sn)
     metrics_one(b, "hsbus_cache_bytes", "gauge", "Bytes held by the cache.", (double)q->bytes);
     metrics_one(b, "hsbus_cache_max_bytes", "gauge", "The cache's byte bound.",
                 (double)q->max_bytes);
-#endif
 }
 
 static void metrics_format(metrics_buf *b, const metrics_snap *sn)

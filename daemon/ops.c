@@ -28,9 +28,7 @@
 #include "daemon/metrics.h"
 #include "daemon/server.h"
 
-#if HSB_OPS_STORE
 #include "daemon/store/store.h"
-#endif
 
 #define OPS_CONTROL_CONTEXTS 4
 
@@ -128,11 +126,9 @@ void srv_ops_stop(srv *s)
     o->stopped = true;
     ops_sd_notify("STOPPING=1\n");
     control_stop(o->ctl);
-#if HSB_OPS_STORE
     if (s->store != NULL) {
         store_sync(s->store); /* deferred control calls (dlq purge) complete before we free */
     }
-#endif
     metrics_stop(o->m);
     alerts_stop(o->al);
 }

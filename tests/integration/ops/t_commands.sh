@@ -186,3 +186,14 @@ expect_rc 3 ctl status
 expect_out "cannot connect to ipc://$RUN/control.sock: .*is hsbusd running\\?"
 expect_rc 3 "$HSBUSCTL" -s "ipc://$T/nowhere.sock" agents
 ok "drain exits 0; a daemon that is down is exit 3 with a clear message"
+
+# --- without a store ([store] enabled = false) the store commands say so (exit 1)
+: >"$LOG"
+start_daemon --set store.enabled=false
+[ "$(ctl --json status | jget 'd["store"]')" = absent ] || fail "store not reported absent"
+for c in "dlq list" "dlq show 1" "dlq replay 1" "dlq purge" "cache stats" "cache flush" "audit verify"; do
+    expect_rc 1 ctl $c
+    expect_out 'store not available'
+done
+stop_daemon
+ok "without a store, dlq/cache/audit answer 'store not available'"
