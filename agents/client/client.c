@@ -15,13 +15,16 @@
  *
  * Receiver threads each own a slot of their own and loop on fetch. Every fetched message goes
  * through hsbus_route_reply_locked: a reply (corr != 0) whose requester waits is handed to it; a
- * reply that may belong to a request still in its send phase (the daemon can route the reply before
- * the send's answer reaches us) is stashed as an orphan until a requester claims it, no request is
- * in its send phase, or the call timeout passes; everything else goes to the handler or to the
- * bounded local queue for hsbus_fetch (hsbus_deliver). The handler always runs with no lock held.
+ * reply that may belong to a request still in its send phase (the daemon can route the reply
+ * before the send's answer reaches us) is stashed as an orphan until a requester claims it, no
+ * request is in its send phase, or the call timeout passes; everything else goes to the bounded
+ * local queue (hsbus_deliver). The queue's room is the credit the receivers ask for. hsbus_fetch
+ * drains the queue or, when a handler is set, the handler threads (hsbus_worker_main) do: handlers
+ * run concurrently and never on a receiver, so a slow handler, or one that makes requests of its
+ * own, never stops replies from being fetched. The handler always runs with no lock held.
  *
  * Lock order: one mutex (c->mtx) guards all mutable client state. start_mtx only serialises
- * hsbus_start and is never taken while c->mtx is held.
+ * hsbus_ensure with hsbus_close; it is taken before c->mtx, never while c->mtx is held.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -171,11 +174,9 @@ struct hsbus_client {
 
     hsbus_handler handler;
     void *handler_arg;
-    unsigned in_handler; /* receiver threads inside the handler right now */
+    pthread_t workers[HSBUS_THREADS_MAX]; /* handler threads; written under mtx */
+    unsigned n_workers;
 };
-
-/* The client whose receiver thread this is (NULL on other threads). */
-static _Thread_local const hsbus_client *hsbus_tl_recv_of;
 
 /* ---- errors ------------------------------------------------------------------------------ */
 
@@ -1032,53 +1033,28 @@ static hsbus_route hsbus_route_reply_locked(hsbus_client *c, hsbus_msg *m, bool 
 }
 
 /*
- * hsbus_deliver gives a received message to the user: the handler (called here, with no lock
- * held; acked or nacked by its result) when run_handler and one is set, else the local queue.
- * Takes ownership of m in every case.
+ * hsbus_deliver puts a received message in the local queue, where hsbus_fetch or a handler thread
+ * takes it. Takes ownership of m in every case (without memory for the node it is dropped: it was
+ * not acked, so the daemon redelivers it).
  */
-static void hsbus_deliver(hsbus_client *c, hsbus_msg *m, bool run_handler)
+static void hsbus_deliver(hsbus_client *c, hsbus_msg *m)
 {
-    hsbus_handler fn;
-    hsbus_node *n;
-    void *arg;
-    hsbus_err rv;
+    hsbus_node *n = malloc(sizeof(*n));
 
-    pthread_mutex_lock(&c->mtx);
-    fn = c->handler;
-    arg = c->handler_arg;
-    if (fn == NULL || !run_handler) {
-        n = malloc(sizeof(*n));
-        if (n != NULL) {
-            n->msg = m;
-            n->at_ms = 0;
-            hsbus_list_push(&c->queue, n);
-            pthread_cond_broadcast(&c->queue_cv);
-            m = NULL;
-        }
-        pthread_mutex_unlock(&c->mtx);
-        hsbus_msg_free(&m); /* no memory for the node: the daemon redelivers it */
+    if (n == NULL) {
+        hsbus_msg_free(&m);
         return;
     }
-    c->in_handler++;
-    pthread_mutex_unlock(&c->mtx);
-
-    rv = fn(c, m, arg);
-
+    n->msg = m;
+    n->at_ms = 0;
     pthread_mutex_lock(&c->mtx);
-    c->in_handler--;
+    hsbus_list_push(&c->queue, n);
+    pthread_cond_broadcast(&c->queue_cv);
     pthread_mutex_unlock(&c->mtx);
-    if (m->id != 0) {
-        if (rv == HSBUS_OK) {
-            (void)hsbus_ack(c, m->id);
-        } else {
-            (void)hsbus_nack(c, m->id, hsbus_strerror(rv));
-        }
-    }
-    hsbus_msg_free(&m);
 }
 
 /* hsbus_dispatch routes each of msgs[0..n) (taking ownership of all) and frees the array. */
-static void hsbus_dispatch(hsbus_client *c, hsbus_msg **msgs, size_t n, bool run_handler)
+static void hsbus_dispatch(hsbus_client *c, hsbus_msg **msgs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         hsbus_route r;
@@ -1087,7 +1063,7 @@ static void hsbus_dispatch(hsbus_client *c, hsbus_msg **msgs, size_t n, bool run
         r = hsbus_route_reply_locked(c, msgs[i], true);
         pthread_mutex_unlock(&c->mtx);
         if (r == HSBUS_ROUTE_USER) {
-            hsbus_deliver(c, msgs[i], run_handler);
+            hsbus_deliver(c, msgs[i]);
         }
     }
     free(msgs);
@@ -1097,7 +1073,7 @@ static void hsbus_dispatch(hsbus_client *c, hsbus_msg **msgs, size_t n, bool run
  * hsbus_sweep_orphans releases stashed replies that no requester can claim any more (no request in
  * its send phase, or older than the call timeout) to the user.
  */
-static void hsbus_sweep_orphans(hsbus_client *c, bool run_handler)
+static void hsbus_sweep_orphans(hsbus_client *c)
 {
     hsbus_list out = {0};
     hsbus_list keep = {0};
@@ -1117,7 +1093,7 @@ static void hsbus_sweep_orphans(hsbus_client *c, bool run_handler)
     c->orphans = keep;
     pthread_mutex_unlock(&c->mtx);
     while ((n = hsbus_list_pop(&out)) != NULL) {
-        hsbus_deliver(c, n->msg, run_handler);
+        hsbus_deliver(c, n->msg);
         free(n);
     }
 }
@@ -1125,23 +1101,45 @@ static void hsbus_sweep_orphans(hsbus_client *c, bool run_handler)
 /* ---- receiver threads -------------------------------------------------------------------- */
 
 /*
- * hsbus_drain_to_handler hands queued messages (queued by hsbus_flush_acks, or before the handler
- * was set) to the handler, if one is set. Runs on a receiver thread.
+ * hsbus_worker_main is a handler thread: it takes messages from the local queue while a handler is
+ * set, calls it with no lock held, and acks or nacks the message by its result. Messages still
+ * queued at close are dropped unacked (the daemon redelivers them).
  */
-static void hsbus_drain_to_handler(hsbus_client *c)
+static void *hsbus_worker_main(void *arg)
 {
+    hsbus_client *c = arg;
+    hsbus_handler fn;
     hsbus_node *n;
+    void *fn_arg;
+    hsbus_err rv;
 
     for (;;) {
         pthread_mutex_lock(&c->mtx);
-        n = c->handler != NULL ? hsbus_list_pop(&c->queue) : NULL;
-        pthread_mutex_unlock(&c->mtx);
-        if (n == NULL) {
-            return;
+        while (!c->closing && !c->lost && (c->handler == NULL || c->queue.len == 0)) {
+            pthread_cond_wait(&c->queue_cv, &c->mtx);
         }
-        hsbus_deliver(c, n->msg, true);
+        if (c->closing || c->lost) {
+            pthread_mutex_unlock(&c->mtx);
+            break;
+        }
+        n = hsbus_list_pop(&c->queue);
+        fn = c->handler;
+        fn_arg = c->handler_arg;
+        pthread_cond_broadcast(&c->queue_cv); /* room for the receivers */
+        pthread_mutex_unlock(&c->mtx);
+
+        rv = fn(c, n->msg, fn_arg);
+        if (n->msg->id != 0) {
+            if (rv == HSBUS_OK) {
+                (void)hsbus_ack(c, n->msg->id);
+            } else {
+                (void)hsbus_nack(c, n->msg->id, hsbus_strerror(rv));
+            }
+        }
+        hsbus_msg_free(&n->msg);
         free(n);
     }
+    return NULL;
 }
 
 static void *hsbus_recv_main(void *arg)
@@ -1153,13 +1151,12 @@ static void *hsbus_recv_main(void *arg)
     uint32_t max;
     hsbus_err err;
 
-    hsbus_tl_recv_of = c;
     for (;;) {
         pthread_mutex_lock(&c->mtx);
-        /* Without a handler the local queue bounds what we ask for (credit), unless a requester
-         * waits: its reply must not be stuck behind a full queue. */
-        while (!c->closing && !c->lost && c->handler == NULL && c->queue.len >= c->queue_max &&
-               c->waiters == NULL && c->sending == 0) {
+        /* The local queue bounds what we ask for (credit), unless a requester waits: its reply
+         * must not be stuck behind a full queue. */
+        while (!c->closing && !c->lost && c->queue.len >= c->queue_max && c->waiters == NULL &&
+               c->sending == 0) {
             pthread_cond_wait(&c->queue_cv, &c->mtx);
         }
         if (c->closing || c->lost) {
@@ -1167,16 +1164,15 @@ static void *hsbus_recv_main(void *arg)
             break;
         }
         max = HSBUS_FETCH_MAX;
-        if (c->handler == NULL && c->queue.len + max > c->queue_max) {
+        if (c->queue.len + max > c->queue_max) {
             max = c->queue.len < c->queue_max ? (uint32_t)(c->queue_max - c->queue.len) : 8;
         }
         pthread_mutex_unlock(&c->mtx);
 
         err = hsbus_do_fetch(c, &r->slot, max, c->poll_ms, &msgs, &n);
         if (err == HSBUS_OK) {
-            hsbus_dispatch(c, msgs, n, true);
-            hsbus_sweep_orphans(c, true);
-            hsbus_drain_to_handler(c);
+            hsbus_dispatch(c, msgs, n);
+            hsbus_sweep_orphans(c);
             continue;
         }
         pthread_mutex_lock(&c->mtx);
@@ -1190,64 +1186,92 @@ static void *hsbus_recv_main(void *arg)
     return NULL;
 }
 
-HSBUS_API hsbus_err hsbus_start(hsbus_client *client, unsigned threads)
+/* hsbus_add_receiver starts one receiver thread. Called with start_mtx held, c->mtx not held. */
+static hsbus_err hsbus_add_receiver(hsbus_client *c)
+{
+    hsbus_recv *r = calloc(1, sizeof(*r));
+    hsbus_err err;
+
+    if (r == NULL) {
+        return HSBUS_ENOMEM;
+    }
+    r->client = c;
+    err = hsbus_slot_init(c, &r->slot);
+    if (err != HSBUS_OK) {
+        goto fail_slot;
+    }
+    nng_ctx_set_ms(r->slot.ctx, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+    pthread_mutex_lock(&c->mtx);
+    if (pthread_create(&r->thread, NULL, hsbus_recv_main, r) != 0) {
+        pthread_mutex_unlock(&c->mtx);
+        err = HSBUS_EIO;
+        goto fail_thread;
+    }
+    c->recvs[c->n_recvs++] = r;
+    pthread_mutex_unlock(&c->mtx);
+    return HSBUS_OK;
+
+fail_thread:
+    if (r->slot.ctx_open) {
+        nng_ctx_close(r->slot.ctx);
+    }
+fail_slot:
+    hsbus_slot_fini(&r->slot);
+    free(r);
+    return err;
+}
+
+/*
+ * hsbus_ensure makes sure at least recvs receiver threads and workers handler threads run.
+ * start_mtx serialises it with hsbus_close, which sets closing under start_mtx, so no thread is
+ * added once close has begun.
+ */
+static hsbus_err hsbus_ensure(hsbus_client *c, unsigned recvs, unsigned workers)
 {
     hsbus_err err = HSBUS_OK;
-    hsbus_recv *r;
-    unsigned have;
+    unsigned have_r, have_w;
 
+    pthread_mutex_lock(&c->start_mtx);
+    for (;;) {
+        pthread_mutex_lock(&c->mtx);
+        have_r = c->n_recvs;
+        have_w = c->n_workers;
+        if (c->closing || c->lost) {
+            err = HSBUS_ECLOSED;
+        }
+        pthread_mutex_unlock(&c->mtx);
+        if (err != HSBUS_OK || (have_r >= recvs && have_w >= workers)) {
+            break;
+        }
+        if (have_r < recvs) {
+            err = hsbus_add_receiver(c);
+            continue;
+        }
+        pthread_mutex_lock(&c->mtx);
+        if (pthread_create(&c->workers[c->n_workers], NULL, hsbus_worker_main, c) != 0) {
+            err = HSBUS_EIO;
+        } else {
+            c->n_workers++;
+        }
+        pthread_mutex_unlock(&c->mtx);
+    }
+    pthread_mutex_unlock(&c->start_mtx);
+    if (err == HSBUS_ECLOSED) {
+        return hsbus_fail(c, err, "client closed or connection lost");
+    }
+    if (err != HSBUS_OK) {
+        return hsbus_fail(c, err, "starting threads failed");
+    }
+    return HSBUS_OK;
+}
+
+HSBUS_API hsbus_err hsbus_start(hsbus_client *client, unsigned threads)
+{
     if (client == NULL || threads == 0 || threads > HSBUS_THREADS_MAX) {
         return HSBUS_EINVAL;
     }
-    pthread_mutex_lock(&client->start_mtx);
-    for (;;) {
-        pthread_mutex_lock(&client->mtx);
-        have = client->n_recvs;
-        if (client->closing || client->lost) {
-            err = HSBUS_ECLOSED;
-        }
-        pthread_mutex_unlock(&client->mtx);
-        if (err != HSBUS_OK || have >= threads) {
-            break;
-        }
-        r = calloc(1, sizeof(*r));
-        if (r == NULL) {
-            err = HSBUS_ENOMEM;
-            break;
-        }
-        r->client = client;
-        err = hsbus_slot_init(client, &r->slot);
-        if (err != HSBUS_OK) {
-            goto fail_slot;
-        }
-        nng_ctx_set_ms(r->slot.ctx, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
-        pthread_mutex_lock(&client->mtx);
-        if (pthread_create(&r->thread, NULL, hsbus_recv_main, r) != 0) {
-            pthread_mutex_unlock(&client->mtx);
-            err = HSBUS_EIO;
-            goto fail_thread;
-        }
-        client->recvs[client->n_recvs++] = r;
-        pthread_mutex_unlock(&client->mtx);
-        continue;
-
-    fail_thread:
-        if (r->slot.ctx_open) {
-            nng_ctx_close(r->slot.ctx);
-        }
-    fail_slot:
-        hsbus_slot_fini(&r->slot);
-        free(r);
-        break;
-    }
-    pthread_mutex_unlock(&client->start_mtx);
-    if (err == HSBUS_ECLOSED) {
-        return hsbus_fail(client, err, "client closed or connection lost");
-    }
-    if (err != HSBUS_OK) {
-        return hsbus_fail(client, err, "starting receiver threads failed");
-    }
-    return HSBUS_OK;
+    /* Two receivers keep a fetch parked while the other one is handing its batch over. */
+    return hsbus_ensure(client, threads >= 2 ? 2 : 1, threads);
 }
 
 HSBUS_API hsbus_err hsbus_wait(hsbus_client *client, int timeout_ms)
@@ -1552,7 +1576,7 @@ HSBUS_API void hsbus_close(hsbus_client **clientp)
 {
     hsbus_client *c;
     bool flush, lost;
-    unsigned n_recvs;
+    unsigned n_recvs, n_workers;
     hsbus_slot *s;
     hsb_request req;
     hsb_reply rep;
@@ -1570,6 +1594,7 @@ HSBUS_API void hsbus_close(hsbus_client **clientp)
     pthread_mutex_lock(&c->mtx);
     c->closing = true;
     n_recvs = c->n_recvs;
+    n_workers = c->n_workers;
     pthread_cond_broadcast(&c->slot_cv);
     pthread_cond_broadcast(&c->queue_cv);
     for (hsbus_waiter *w = c->waiters; w != NULL; w = w->next) {
@@ -1582,6 +1607,9 @@ HSBUS_API void hsbus_close(hsbus_client **clientp)
     }
     for (unsigned i = 0; i < n_recvs; i++) {
         pthread_join(c->recvs[i]->thread, NULL);
+    }
+    for (unsigned i = 0; i < n_workers; i++) {
+        pthread_join(c->workers[i], NULL);
     }
 
     /* 2. Flush acks and say bye on a slot of our own (all are free: this is the last call). */
@@ -1763,7 +1791,6 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
     hsbus_err err;
     uint64_t id = 0;
     int64_t deadline;
-    unsigned need;
     bool gone;
 
     if (reply != NULL) {
@@ -1776,12 +1803,7 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
         timeout_ms = c->timeout_ms;
     }
     deadline = hsbus_now_ms() + timeout_ms;
-    /* A handler that makes a request blocks its receiver thread: keep one receiver more than
-     * there are threads inside the handler, so somebody fetches the reply. */
-    pthread_mutex_lock(&c->mtx);
-    need = hsbus_tl_recv_of == c ? c->in_handler + 1 : 1;
-    pthread_mutex_unlock(&c->mtx);
-    err = hsbus_start(c, need < HSBUS_THREADS_MAX ? need : HSBUS_THREADS_MAX);
+    err = hsbus_ensure(c, 1, 0);
     if (err != HSBUS_OK) {
         return err;
     }
@@ -1899,7 +1921,7 @@ HSBUS_API hsbus_err hsbus_fetch(hsbus_client *client, size_t max, int wait_ms, h
         return HSBUS_EINVAL;
     }
     pthread_mutex_lock(&c->mtx);
-    if (c->handler != NULL && c->n_recvs > 0) {
+    if (c->handler != NULL && c->n_workers > 0) {
         pthread_mutex_unlock(&c->mtx);
         return hsbus_fail(c, HSBUS_EINVAL, "a handler receives this client's messages");
     }
@@ -1973,7 +1995,7 @@ HSBUS_API hsbus_err hsbus_flush_acks(hsbus_client *client)
     hsbus_slot_put(client, s);
     if (err == HSBUS_OK) {
         /* Whatever came back is queued (never handled on this thread). */
-        hsbus_dispatch(client, got, n_got, false);
+        hsbus_dispatch(client, got, n_got);
     }
     return err;
 }

@@ -14,12 +14,12 @@
  * Receiving. Three styles share one path:
  *   - blocking: hsbus_fetch returns owned messages; hsbus_ack / hsbus_nack settle them, and the
  *     acks ride on the next fetch (or on hsbus_flush_acks);
- *   - callback: hsbus_set_handler + hsbus_start run fetch loops on library threads that call the
- *     handler for each message and ack it when the handler returns HSBUS_OK, nack it otherwise;
+ *   - callback: hsbus_set_handler + hsbus_start run handler threads that call the handler for
+ *     each message and ack it when the handler returns HSBUS_OK, nack it otherwise;
  *   - request/reply: hsbus_request sends a message and waits for the message whose corr is its id.
- *     A receiver thread (started on the first hsbus_request, or the hsbus_start threads) fetches,
- *     hands replies to their waiting requesters and everything else to the handler, or to a bounded
- *     local queue that hsbus_fetch drains.
+ * Receiver threads (one started by the first hsbus_request, or by hsbus_start) keep a fetch parked
+ * at the daemon, hand replies to their waiting requesters and put everything else in a bounded
+ * local queue, which the handler threads drain, or hsbus_fetch when no handler is set.
  *
  * Ownership. Calls that send copy what they need: the caller keeps its hsbus_msg. Messages the
  * library returns (hsbus_fetch, hsbus_request) belong to the caller, who frees them with
@@ -156,12 +156,13 @@ typedef struct hsbus_opts {
 typedef struct hsbus_client hsbus_client;
 
 /*
- * hsbus_handler is called by a receiver thread (see hsbus_start) for each message that is not a
+ * hsbus_handler is called on a handler thread (see hsbus_start) for each message that is not a
  * reply to a pending hsbus_request. msg belongs to the library and is valid only during the call;
  * copy what you keep. Return HSBUS_OK to ack the message; any other code nacks it (the daemon
  * redelivers it and counts a failure against this agent's breaker) with hsbus_strerror(code) as the
- * reason. The handler may call any function of the client except hsbus_close. It runs without any
- * library lock held; with several threads it runs concurrently.
+ * reason. The handler may call any function of the client except hsbus_close and hsbus_fetch,
+ * hsbus_request included. It runs without any library lock held; with several threads it runs
+ * concurrently, so messages are handled out of order.
  */
 typedef hsbus_err (*hsbus_handler)(hsbus_client *client, const hsbus_msg *msg, void *arg);
 
@@ -200,7 +201,7 @@ HSBUS_API const char *hsbus_errmsg(const hsbus_client *client);
 HSBUS_API hsbus_err hsbus_connect(const char *url, const hsbus_opts *opts, hsbus_client **clientp);
 
 /*
- * hsbus_close stops the receiver threads (a handler that is running finishes first), flushes
+ * hsbus_close stops the receiver and handler threads (a running handler finishes first), flushes
  * pending acks and nacks, says bye, closes the connection and frees the client and every message
  * still in its local queue (the daemon redelivers those: they were never acked). It sets *clientp
  * to NULL. clientp == NULL or *clientp == NULL is a no-op. Call it once, after every other call on
@@ -247,9 +248,8 @@ HSBUS_API hsbus_err hsbus_reply(hsbus_client *client, const hsbus_msg *req, cons
  * (a sys.error with corr = its id), the call returns that error's code with its text in
  * hsbus_errmsg. The reply is acked by the library. Many threads may wait at once; their requests
  * are in flight together. A reply that arrives after its requester timed out is delivered like any
- * other message (handler or hsbus_fetch). Starts the receiver thread on first use; called from a
- * handler, it starts one more receiver if every receiver is inside the handler, so a handler may
- * make requests of its own (up to 63 at once).
+ * other message (handler or hsbus_fetch). Starts the receiver thread on first use. Handlers may
+ * call it.
  * Errors: those of hsbus_send, HSBUS_ETIMEDOUT, the code of a sys.error.
  */
 HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, int timeout_ms,
@@ -265,7 +265,7 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
  * fetch request carrying the pending acks and nacks; with them (after hsbus_request or hsbus_start
  * without a handler) it takes messages from the local queue. *n == 0 with HSBUS_OK means nothing
  * came in time. Any thread; blocks up to wait_ms plus the call timeout.
- * Errors: HSBUS_EINVAL (bad max, or a handler is set and receivers run: the handler gets them),
+ * Errors: HSBUS_EINVAL (bad max, or a handler is set and its threads run: the handler gets them),
  * HSBUS_ETIMEDOUT, HSBUS_ECLOSED, HSBUS_EIO, HSBUS_ENOMEM, the daemon's code.
  */
 HSBUS_API hsbus_err hsbus_fetch(hsbus_client *client, size_t max, int wait_ms, hsbus_msg **msgs,
@@ -283,8 +283,8 @@ HSBUS_API hsbus_err hsbus_nack(hsbus_client *client, uint64_t id, const char *re
 
 /*
  * hsbus_flush_acks sends the pending acks and nacks now, in a fetch that does not wait. A message
- * that fetch returns is put in the local queue, from where hsbus_fetch takes it (or a receiver
- * thread hands it to the handler, if one is set). On error the records stay pending. Any thread;
+ * that fetch returns is put in the local queue, from where hsbus_fetch takes it (or a handler
+ * thread, if a handler is set). On error the records stay pending. Any thread;
  * blocks up to the call timeout. Errors: HSBUS_ETIMEDOUT, HSBUS_ECLOSED, HSBUS_EIO, HSBUS_ENOMEM,
  * the daemon's code.
  */
@@ -292,16 +292,19 @@ HSBUS_API hsbus_err hsbus_flush_acks(hsbus_client *client);
 
 /*
  * hsbus_set_handler installs fn (with its arg) as the callback for received messages; fn == NULL
- * removes it. Set it before hsbus_start. Messages already in the local queue stay there for
- * hsbus_fetch. Any thread; does not block. Errors: HSBUS_EINVAL (client NULL).
+ * removes it (messages then wait in the local queue for hsbus_fetch). Set it before hsbus_start.
+ * Messages already queued go to the handler once its threads run. Any thread; does not block.
+ * Errors: HSBUS_EINVAL (client NULL).
  */
 HSBUS_API hsbus_err hsbus_set_handler(hsbus_client *client, hsbus_handler fn, void *arg);
 
 /*
- * hsbus_start makes sure at least threads (1..64) receiver threads run. Each keeps one fetch parked
- * at the daemon (so threads x 64 is this client's credit), hands replies to hsbus_request callers,
- * and runs the handler (if set) for every other message, or queues it for hsbus_fetch. Returns at
- * once; the threads run until hsbus_close. Any thread, handlers included.
+ * hsbus_start makes sure at least threads (1..64) handler threads run, and the receiver threads
+ * that feed them: one, or two when threads >= 2 (so one fetch stays parked while the other hands
+ * its batch over). Receivers ask the daemon for no more than the local queue has room for
+ * (opts.queue_max): that is this client's credit. Each handler thread takes one message at a time
+ * from the queue and runs the handler (if set; without one the messages wait for hsbus_fetch).
+ * Returns at once; the threads run until hsbus_close. Any thread, handlers included.
  * Errors: HSBUS_EINVAL, HSBUS_ENOMEM, HSBUS_EIO (no thread), HSBUS_ECLOSED.
  */
 HSBUS_API hsbus_err hsbus_start(hsbus_client *client, unsigned threads);
