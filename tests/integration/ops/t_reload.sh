@@ -59,6 +59,20 @@ expect_out 'no_such_key'
 [ "$(threshold)" = 9 ] || fail "a refused reload changed the threshold: $(threshold)"
 ok "a bad file is refused with FILE:LINE and changes nothing"
 
+# The [bus] default applies to agents without their own value.
+cat >"$CONF" <<CONF
+[bus]
+breaker_failure_threshold = 13
+
+[agent.echo]
+builtin = echo
+CONF
+expect_rc 0 ctl --json reload
+printf '%s' "$OUT" | jget 'any("breaker_failure_threshold" in k for k in d["applied"])' | grep -qx True ||
+    fail "bus.breaker_failure_threshold not listed as applied: $OUT"
+[ "$(threshold)" = 13 ] || fail "threshold after a [bus] change: $(threshold)"
+ok "bus.breaker_failure_threshold applies live to agents without their own"
+
 # log_level is live too.
 write_conf 9 "" "[daemon]" "log_level = debug"
 expect_rc 0 ctl reload
