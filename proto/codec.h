@@ -18,6 +18,14 @@
  * a write callback, ...). Encoders validate nothing beyond what they need to produce valid msgpack:
  * validation is the receiver's job. They return HSB_ENOMEM when the packer's write callback fails.
  *
+ * Conventions (docs/protocol.md has the full rules): a negative integer where an unsigned one is
+ * expected is HSB_ERANGE (for prio: HSB_EBADPRIO); a float is HSB_ETYPE. An envelope body that is
+ * NULL (or has body_len 0) is not written; a body that is absent or nil on the wire decodes as
+ * body == NULL, body_len == 0. A decoded body is the value re-encoded canonically (shortest forms),
+ * so its bytes may differ from the sender's, never its value. Text fields (cid, token, reason,
+ * err, msg, session, control args) must be UTF-8 without NUL. Decoding first scans the input
+ * without allocating, so a small input can never make msgpack-c allocate for huge declared sizes.
+ *
  * Threads: an hsb_dec is used by one thread at a time; give each thread (or each nng context) its
  * own. Encoders are reentrant. Nothing here blocks.
  */
