@@ -636,6 +636,29 @@ static void test_request_parallel(void **state)
     fake_stop(f);
 }
 
+/* More callers than contexts: the extra callers wait for a free context instead of failing. */
+static void test_request_few_contexts(void **state)
+{
+    fake *f = fake_start();
+    hsbus_opts o = {.agent = "tester", .timeout_ms = 5000, .contexts = 2};
+    hsbus_client *c = NULL;
+    pthread_t th[8];
+    tc_req_arg args[8];
+
+    (void)state;
+    assert_int_equal(hsbus_connect(f->url, &o, &c), HSBUS_OK);
+    for (int i = 0; i < 8; i++) {
+        args[i] = (tc_req_arg){.c = c, .thread = i, .count = 10};
+        assert_int_equal(pthread_create(&th[i], NULL, tc_req_thread, &args[i]), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    hsbus_close(&c);
+    fake_stop(f);
+}
+
 static void test_request_errors(void **state)
 {
     fake *f = fake_start();
@@ -878,15 +901,11 @@ static void test_daemon_gone(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_body_helpers),
-        cmocka_unit_test(test_connect_errors),
-        cmocka_unit_test(test_send_results),
-        cmocka_unit_test(test_fetch_acks),
-        cmocka_unit_test(test_request_parallel),
-        cmocka_unit_test(test_request_errors),
-        cmocka_unit_test(test_handler),
-        cmocka_unit_test(test_receiver_queue),
-        cmocka_unit_test(test_handler_nested_request),
+        cmocka_unit_test(test_body_helpers),     cmocka_unit_test(test_connect_errors),
+        cmocka_unit_test(test_send_results),     cmocka_unit_test(test_fetch_acks),
+        cmocka_unit_test(test_request_parallel), cmocka_unit_test(test_request_few_contexts),
+        cmocka_unit_test(test_request_errors),   cmocka_unit_test(test_handler),
+        cmocka_unit_test(test_receiver_queue),   cmocka_unit_test(test_handler_nested_request),
         cmocka_unit_test(test_daemon_gone),
     };
 
