@@ -924,18 +924,16 @@ static hsb_err proto_text(hsb_dec *dec, const proto_path *at, proto_key key,
         return proto_fail(dec, HSB_ETYPE, at, key, "must be a string");
     }
     n = o->via.str.size;
-    /* ASCII without NUL, the usual case, needs neither check below. */
-    if (proto_ascii_nonul(o->via.str.ptr, n)) {
-        goto checked;
+    /* ASCII without NUL, the usual case, needs neither of the checks inside. */
+    if (!proto_ascii_nonul(o->via.str.ptr, n)) {
+        if (!hsb_utf8_valid(o->via.str.ptr, n)) {
+            return proto_fail(dec, HSB_EUTF8, at, key, "string is not valid UTF-8");
+        }
+        /* Text fields become C strings: an embedded NUL would silently cut them. */
+        if (memchr(o->via.str.ptr, '\0', n) != NULL) {
+            return proto_fail(dec, HSB_EUTF8, at, key, "text must not contain NUL");
+        }
     }
-    if (!hsb_utf8_valid(o->via.str.ptr, n)) {
-        return proto_fail(dec, HSB_EUTF8, at, key, "string is not valid UTF-8");
-    }
-    /* Text fields become C strings: an embedded NUL would silently cut them. */
-    if (n > 0 && memchr(o->via.str.ptr, '\0', n) != NULL) {
-        return proto_fail(dec, HSB_EUTF8, at, key, "text must not contain NUL");
-    }
-checked:
     if (n < minlen || (n > maxlen && !truncate)) {
         return proto_fail(dec, HSB_ERANGE, at, key, "must be %zu..%zu bytes long", minlen, maxlen);
     }
