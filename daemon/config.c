@@ -557,6 +557,21 @@ static bool config_field_equal(const config_key *k, const void *a, const void *b
     return memcmp(a, b, k->size) == 0;
 }
 
+/* Options compare by key and value: their line numbers move when the file is edited above them. */
+static bool config_opts_equal(const config_agent *a, const config_agent *b)
+{
+    if (a->n_opts != b->n_opts) {
+        return false;
+    }
+    for (size_t i = 0; i < a->n_opts; i++) {
+        const char *v = config_agent_option(b, a->opts[i].key);
+        if (v == NULL || strcmp(v, a->opts[i].value) != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
 static void config_append(char *buf, size_t len, const char *section, const char *key)
 {
     size_t used = strlen(buf);
@@ -618,8 +633,7 @@ size_t config_diff(const config *old, const config *new_cfg, char *live, size_t 
                 }
             }
         }
-        if (oa->n_opts != na->n_opts ||
-            memcmp(oa->opts, na->opts, sizeof(config_opt) * na->n_opts) != 0) {
+        if (!config_opts_equal(oa, na)) {
             config_append(live, live_len, sec, "options");
         }
     }

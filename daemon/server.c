@@ -473,12 +473,12 @@ static void srv_timer_cb(uv_timer_t *h)
     bus_run_timers(s->bus);
 }
 
-/* Before the loop sleeps: point the one timer at the bus's next deadline, and measure lag. */
+/* Before the loop sleeps: point the one timer at the bus's next deadline. (Loop lag is measured
+ * by the operator surfaces' own timer, daemon/ops.c.) */
 static void srv_prepare_cb(uv_prepare_t *h)
 {
     srv *s = h->data;
     uint64_t now = srv_now_ms();
-    s->last_prepare_ms = now;
     if (s->bus == NULL) {
         return;
     }

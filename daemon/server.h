@@ -78,8 +78,6 @@ struct srv {
     bool start_failed; /* srv_ops_start failed after everything else started */
     uint64_t drain_deadline_ms;
     uint64_t start_ms;
-    uint64_t loop_lag_ms; /* measured each iteration, for /healthz */
-    uint64_t last_prepare_ms;
 
     hsb_envelope *scratch_envs; /* agent outbox hand-off, grown on demand */
     hsb_send_result *scratch_results;

@@ -152,6 +152,20 @@ static void test_diff_live_and_restart(void **state)
     assert_non_null(strstr(restart, "agent.y.*"));
     assert_null(strstr(live, "run_dir"));
     assert_true(n >= 2);
+    /* Options that only moved to another line are unchanged. */
+    const char *c1 = tc_file("[agent.echo]\nfail_pct = 5\n");
+    const char *c2 = tc_file("\n\n[agent.echo]\n\nfail_pct = 5\n");
+    assert_int_equal(config_load(&cfg, c1, NULL, 0, err, sizeof(err)), HSB_OK);
+    assert_int_equal(config_load(&cfg2, c2, NULL, 0, err, sizeof(err)), HSB_OK);
+    config_diff(&cfg, &cfg2, live, sizeof(live), restart, sizeof(restart));
+    assert_null(strstr(live, "options"));
+    const char *c3 = tc_file("[agent.echo]\nfail_pct = 6\n");
+    assert_int_equal(config_load(&cfg2, c3, NULL, 0, err, sizeof(err)), HSB_OK);
+    config_diff(&cfg, &cfg2, live, sizeof(live), restart, sizeof(restart));
+    assert_non_null(strstr(live, "agent.echo.options"));
+    assert_int_equal(config_load(&cfg2, a, NULL, 0, err, sizeof(err)), HSB_OK);
+    assert_int_equal(config_load(&cfg, a, NULL, 0, err, sizeof(err)), HSB_OK);
+
     /* Identical configs: nothing to report. */
     n = config_diff(&cfg, &cfg, live, sizeof(live), restart, sizeof(restart));
     assert_int_equal(n, 0);
