@@ -401,6 +401,24 @@ static hsb_err proto_scan(hsb_dec *dec, const uint8_t *p, size_t len)
         bool container = false;
         bool map = false;
 
+        /* Runs of fixstr and fixint (keys and short values) stay in this inner loop. The value
+         * that ends a level is left to the general path below, which pops the finished levels. */
+        while (rem > 1 && pos < len) {
+            size_t n;
+            c = p[pos];
+            if (c >= 0xa0 && c <= 0xbf) {
+                n = c & 0x1fu;
+                if (n >= len - pos) {
+                    return proto_scan_trunc(dec, len);
+                }
+                pos += 1 + n;
+            } else if (c <= 0x7f || c >= 0xe0) {
+                pos++;
+            } else {
+                break;
+            }
+            rem--;
+        }
         if (pos >= len) {
             return proto_scan_trunc(dec, pos);
         }
