@@ -89,7 +89,7 @@ static inline bool proto_is(const char *s, const char *lit, size_t n)
 }
 
 /* proto_key_lookup maps a key to its id: a switch on the length, then at most a few memcmps. */
-static proto_key proto_key_lookup(const char *s, uint32_t len)
+static inline __attribute__((always_inline)) proto_key proto_key_lookup(const char *s, uint32_t len)
 {
     switch (len) {
     case 1:
@@ -794,6 +794,32 @@ int proto_pack_any(msgpack_packer *pk, const msgpack_object *o)
 
 /* ---- maps and typed values --------------------------------------------------------------- */
 
+/*
+ * proto_check_unknown validates one key/value pair of a map at depth `depth` whose key the caller
+ * does not use: the key must be valid UTF-8 (if a string) or a well-formed value, and so must the
+ * value. The value's path is the key itself.
+ */
+static hsb_err proto_check_unknown(hsb_dec *dec, const proto_path *at, const msgpack_object_kv *kv,
+                                   int depth)
+{
+    proto_path p;
+    hsb_err err;
+
+    if (kv->key.type == MSGPACK_OBJECT_STR) {
+        p = (proto_path){at, kv->key.via.str.ptr, kv->key.via.str.size, 0};
+        if (!hsb_utf8_valid(p.key, p.keylen)) {
+            return proto_fail(dec, HSB_EUTF8, at, PROTO_K_UNKNOWN, "map key is not valid UTF-8");
+        }
+    } else {
+        p = (proto_path){at, "?", 1, 0};
+        err = proto_check_any(dec, &p, &kv->key, depth + 1, NULL);
+        if (err != HSB_OK) {
+            return err;
+        }
+    }
+    return proto_check_any(dec, &p, &kv->val, depth + 1, NULL);
+}
+
 hsb_err proto_collect(hsb_dec *dec, const proto_path *at, const msgpack_object *map, int depth,
                       uint64_t wanted, const msgpack_object **slots, uint64_t *found)
 {
@@ -807,7 +833,6 @@ hsb_err proto_collect(hsb_dec *dec, const proto_path *at, const msgpack_object *
     }
     for (i = 0; i < map->via.map.size; i++) {
         const msgpack_object_kv *kv = &map->via.map.ptr[i];
-        proto_path p;
 
         if (kv->key.type == MSGPACK_OBJECT_STR) {
             proto_key k = proto_key_lookup(kv->key.via.str.ptr, kv->key.via.str.size);
@@ -819,20 +844,9 @@ hsb_err proto_collect(hsb_dec *dec, const proto_path *at, const msgpack_object *
                 slots[k] = &kv->val;
                 continue;
             }
-            p = (proto_path){at, kv->key.via.str.ptr, kv->key.via.str.size, 0};
-            if (!hsb_utf8_valid(p.key, p.keylen)) {
-                return proto_fail(dec, HSB_EUTF8, at, PROTO_K_UNKNOWN,
-                                  "map key is not valid UTF-8");
-            }
-        } else {
-            p = (proto_path){at, "?", 1, 0};
-            err = proto_check_any(dec, &p, &kv->key, depth + 1, NULL);
-            if (err != HSB_OK) {
-                return err;
-            }
         }
-        /* An unknown key: ignored, but its value must still be well-formed. */
-        err = proto_check_any(dec, &p, &kv->val, depth + 1, NULL);
+        /* An unknown key: ignored, but it and its value must still be well-formed. */
+        err = proto_check_unknown(dec, at, kv, depth);
         if (err != HSB_OK) {
             return err;
         }
@@ -1081,112 +1095,98 @@ static hsb_err proto_dec_body(hsb_dec *dec, const proto_path *at, const msgpack_
     (PROTO_BIT(PROTO_K_ID) | PROTO_BIT(PROTO_K_FROM) | PROTO_BIT(PROTO_K_DEADLINE) |               \
      PROTO_BIT(PROTO_K_DELIVERIES))
 
+/*
+ * proto_dec_env_key decodes the value v of the envelope key k into env. Keys are handled in the
+ * order they come on the wire (the envelope is the hot path: no slot table, one pass).
+ */
+static hsb_err proto_dec_env_key(hsb_dec *dec, const proto_path *at, proto_key k,
+                                 const msgpack_object *v, int depth, hsb_envelope *env)
+{
+    uint64_t u = 0;
+    hsb_err err = HSB_OK;
+
+    switch (k) {
+    case PROTO_K_TO:
+        return proto_get_name(dec, at, k, v, false, env->to);
+    case PROTO_K_TYPE:
+        return proto_get_name(dec, at, k, v, false, env->type);
+    case PROTO_K_TOPIC:
+        return proto_get_name(dec, at, k, v, false, env->topic);
+    case PROTO_K_BATCH:
+        return proto_get_name(dec, at, k, v, false, env->batch);
+    case PROTO_K_FROM:
+        return proto_get_name(dec, at, k, v, false, env->from);
+    case PROTO_K_CID:
+        return proto_get_text(dec, at, k, v, 1, HSB_CID_MAX, false, env->cid);
+    case PROTO_K_PRIO:
+        if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            if (v->via.u64 >= HSB_PRIO_COUNT) {
+                return proto_fail(dec, HSB_EBADPRIO, at, k, "must be 0..3");
+            }
+            env->prio = (uint8_t)v->via.u64;
+            return HSB_OK;
+        }
+        if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+            return proto_fail(dec, HSB_EBADPRIO, at, k, "must be 0..3");
+        }
+        return proto_fail(dec, HSB_ETYPE, at, k, "must be an unsigned integer");
+    case PROTO_K_TTL_MS:
+        err = proto_get_uint(dec, at, k, v, HSB_TTL_MAX_MS, &u);
+        env->ttl_ms = (uint32_t)u;
+        return err;
+    case PROTO_K_CORR:
+        return proto_get_uint(dec, at, k, v, UINT64_MAX, &env->corr);
+    case PROTO_K_DURABLE:
+        return proto_get_bool(dec, at, k, v, &env->durable);
+    case PROTO_K_ID:
+        return proto_get_uint(dec, at, k, v, UINT64_MAX, &env->id);
+    case PROTO_K_DEADLINE:
+        err = proto_get_uint(dec, at, k, v, INT64_MAX, &u);
+        env->deadline = (int64_t)u;
+        return err;
+    case PROTO_K_DELIVERIES:
+        err = proto_get_uint(dec, at, k, v, UINT32_MAX, &u);
+        env->deliveries = (uint32_t)u;
+        return err;
+    case PROTO_K_BODY:
+        return proto_dec_body(dec, at, v, depth + 1, env);
+    default:
+        return HSB_OK;
+    }
+}
+
 hsb_err proto_dec_env(hsb_dec *dec, const proto_path *at, const msgpack_object *o, int depth,
                       bool request, hsb_envelope *env)
 {
-    const msgpack_object *s[PROTO_K_COUNT] = {0};
     uint64_t wanted = PROTO_ENV_CLIENT_KEYS | (request ? 0 : PROTO_ENV_BROKER_KEYS);
-    uint64_t u = 0;
+    uint64_t seen = 0;
+    uint32_t i;
     hsb_err err;
 
-    hsb_envelope_init(env);
+    *env = (hsb_envelope){.prio = HSB_PRIO_NORMAL}; /* hsb_envelope_init, inlined */
     if (o->type != MSGPACK_OBJECT_MAP) {
         return proto_fail(dec, HSB_ETYPE, at, PROTO_K_UNKNOWN, "envelope must be a map");
     }
-    err = proto_collect(dec, at, o, depth, wanted, s, NULL);
-    if (err != HSB_OK) {
-        return err;
+    if (depth > HSB_DEPTH_MAX) {
+        return proto_fail(dec, HSB_EDEPTH, at, PROTO_K_UNKNOWN, "nesting deeper than %d",
+                          HSB_DEPTH_MAX);
     }
-    if (s[PROTO_K_TO] != NULL) {
-        err = proto_get_name(dec, at, PROTO_K_TO, s[PROTO_K_TO], false, env->to);
-        if (err != HSB_OK) {
-            return err;
+    for (i = 0; i < o->via.map.size; i++) {
+        const msgpack_object_kv *kv = &o->via.map.ptr[i];
+        proto_key k = PROTO_K_UNKNOWN;
+
+        if (kv->key.type == MSGPACK_OBJECT_STR) {
+            k = proto_key_lookup(kv->key.via.str.ptr, kv->key.via.str.size);
         }
-    }
-    if (s[PROTO_K_TYPE] != NULL) {
-        err = proto_get_name(dec, at, PROTO_K_TYPE, s[PROTO_K_TYPE], false, env->type);
-        if (err != HSB_OK) {
-            return err;
-        }
-    }
-    if (s[PROTO_K_TOPIC] != NULL) {
-        err = proto_get_name(dec, at, PROTO_K_TOPIC, s[PROTO_K_TOPIC], false, env->topic);
-        if (err != HSB_OK) {
-            return err;
-        }
-    }
-    if (s[PROTO_K_BATCH] != NULL) {
-        err = proto_get_name(dec, at, PROTO_K_BATCH, s[PROTO_K_BATCH], false, env->batch);
-        if (err != HSB_OK) {
-            return err;
-        }
-    }
-    if (s[PROTO_K_CID] != NULL) {
-        err = proto_get_text(dec, at, PROTO_K_CID, s[PROTO_K_CID], 1, HSB_CID_MAX, false, env->cid);
-        if (err != HSB_OK) {
-            return err;
-        }
-    }
-    if (s[PROTO_K_PRIO] != NULL) {
-        const msgpack_object *v = s[PROTO_K_PRIO];
-        if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
-            if (v->via.u64 >= HSB_PRIO_COUNT) {
-                return proto_fail(dec, HSB_EBADPRIO, at, PROTO_K_PRIO, "must be 0..3");
-            }
-            env->prio = (uint8_t)v->via.u64;
-        } else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
-            return proto_fail(dec, HSB_EBADPRIO, at, PROTO_K_PRIO, "must be 0..3");
+        if (k == PROTO_K_UNKNOWN || (wanted & PROTO_BIT(k)) == 0) {
+            /* Unknown keys, and broker-set keys in a request, are ignored but checked. */
+            err = proto_check_unknown(dec, at, kv, depth);
+        } else if ((seen & PROTO_BIT(k)) != 0) {
+            err = proto_fail(dec, HSB_EBADMSG, at, k, "duplicate key");
         } else {
-            return proto_fail(dec, HSB_ETYPE, at, PROTO_K_PRIO, "must be an unsigned integer");
+            seen |= PROTO_BIT(k);
+            err = proto_dec_env_key(dec, at, k, &kv->val, depth, env);
         }
-    }
-    if (s[PROTO_K_TTL_MS] != NULL) {
-        err = proto_get_uint(dec, at, PROTO_K_TTL_MS, s[PROTO_K_TTL_MS], HSB_TTL_MAX_MS, &u);
-        if (err != HSB_OK) {
-            return err;
-        }
-        env->ttl_ms = (uint32_t)u;
-    }
-    if (s[PROTO_K_CORR] != NULL) {
-        err = proto_get_uint(dec, at, PROTO_K_CORR, s[PROTO_K_CORR], UINT64_MAX, &env->corr);
-        if (err != HSB_OK) {
-            return err;
-        }
-    }
-    if (s[PROTO_K_DURABLE] != NULL) {
-        err = proto_get_bool(dec, at, PROTO_K_DURABLE, s[PROTO_K_DURABLE], &env->durable);
-        if (err != HSB_OK) {
-            return err;
-        }
-    }
-    if (s[PROTO_K_ID] != NULL) {
-        err = proto_get_uint(dec, at, PROTO_K_ID, s[PROTO_K_ID], UINT64_MAX, &env->id);
-        if (err != HSB_OK) {
-            return err;
-        }
-    }
-    if (s[PROTO_K_FROM] != NULL) {
-        err = proto_get_name(dec, at, PROTO_K_FROM, s[PROTO_K_FROM], false, env->from);
-        if (err != HSB_OK) {
-            return err;
-        }
-    }
-    if (s[PROTO_K_DEADLINE] != NULL) {
-        err = proto_get_uint(dec, at, PROTO_K_DEADLINE, s[PROTO_K_DEADLINE], INT64_MAX, &u);
-        if (err != HSB_OK) {
-            return err;
-        }
-        env->deadline = (int64_t)u;
-    }
-    if (s[PROTO_K_DELIVERIES] != NULL) {
-        err = proto_get_uint(dec, at, PROTO_K_DELIVERIES, s[PROTO_K_DELIVERIES], UINT32_MAX, &u);
-        if (err != HSB_OK) {
-            return err;
-        }
-        env->deliveries = (uint32_t)u;
-    }
-    if (s[PROTO_K_BODY] != NULL) {
-        err = proto_dec_body(dec, at, s[PROTO_K_BODY], depth + 1, env);
         if (err != HSB_OK) {
             return err;
         }
