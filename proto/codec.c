@@ -13,6 +13,12 @@
  *      and copies what it keeps into the zone: names into fixed arrays, lists into zone arrays,
  *      each body re-encoded once into a zone block whose size was measured while validating it.
  * After a decode nothing refers to the input any more.
+ *
+ * Cost (bench-codec: encode + decode of a one-envelope send with a 256-byte body, callgrind):
+ * 4443 instructions per round trip against 3257 for plain msgpack-c packing and unpacking the
+ * same map without any checks; the scan is about 545 of them, msgpack_unpack itself about 1630.
+ * Envelopes, the hot path, are decoded in one pass over their keys (proto_dec_env); the other maps
+ * collect their keys first (proto_collect) and read them in a fixed order.
  */
 #include <stdarg.h>
 #include <stdio.h>
