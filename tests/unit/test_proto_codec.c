@@ -708,6 +708,21 @@ static void test_duplicate_key(void **state)
     pk_s(&pk, "send");
     assert_int_equal(dec_bytes(sb.data, sb.size, msg, sizeof(msg)), HSB_EBADMSG);
     assert_string_equal(msg, "op: duplicate key");
+
+    /* The same inside an envelope, which is decoded in one pass. */
+    msgpack_sbuffer_clear(&sb);
+    msgpack_pack_map(&pk, 2);
+    pk_s(&pk, "op");
+    pk_s(&pk, "send");
+    pk_s(&pk, "msgs");
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 2);
+    pk_s(&pk, "to");
+    pk_s(&pk, "echo");
+    pk_s(&pk, "to");
+    pk_s(&pk, "audit");
+    assert_int_equal(dec_bytes(sb.data, sb.size, msg, sizeof(msg)), HSB_EBADMSG);
+    assert_string_equal(msg, "msgs[0].to: duplicate key");
     msgpack_sbuffer_destroy(&sb);
 }
 
