@@ -533,7 +533,7 @@ int bench_w_scenario(bench_env *e, const char *name, bench_result *r)
                        .workers = s->users,
                        .spike_mul = s->spike_mul,
                        .watch_rss = s->soak};
-    snprintf(r->name, sizeof(r->name), "scn-%s", s->name);
+    snprintf(r->name, sizeof(r->name), "%s", s->name);
     snprintf(r->what, sizeof(r->what), "scenario %s: %s, %.0f s, request/reply", s->name, s->what,
              cfg.secs);
     snprintf(r->unit, sizeof(r->unit), "rt/s");
