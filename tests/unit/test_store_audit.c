@@ -20,9 +20,10 @@
 
 #include "daemon/store/store.h"
 
+#include "store_tmpdb.h"
+
 typedef struct fixture {
-    char dir[64];
-    char path[128];
+    store_tmpdb db;
     store *st;
 } fixture;
 
@@ -37,7 +38,7 @@ static store *fixture_open(fixture *f)
     store_config cfg;
     store *st = NULL;
     store_config_defaults(&cfg);
-    cfg.path = f->path;
+    cfg.path = f->db.path;
     cfg.wall_ms = fake_wall;
     assert_int_equal(store_open(&cfg, &st), HSB_OK);
     return st;
@@ -46,11 +47,9 @@ static store *fixture_open(fixture *f)
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
-    snprintf(f->dir, sizeof(f->dir), "/tmp/hsb-audit-XXXXXX");
-    if (mkdtemp(f->dir) == NULL) {
+    if (store_tmpdb_make(&f->db, "audit") != 0) {
         return -1;
     }
-    snprintf(f->path, sizeof(f->path), "%s/hsbus.db", f->dir);
     f->st = fixture_open(f);
     *state = f;
     return 0;
@@ -59,14 +58,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    char p[200];
-    const char *sfx[] = {"", "-wal", "-shm"};
     assert_int_equal(store_close(f->st), HSB_OK);
-    for (size_t i = 0; i < 3; i++) {
-        snprintf(p, sizeof(p), "%s%s", f->path, sfx[i]);
-        unlink(p);
-    }
-    rmdir(f->dir);
+    store_tmpdb_remove(&f->db);
     free(f);
     return 0;
 }
@@ -172,7 +165,7 @@ static void test_triggers_refuse_update_delete(void **state)
     assert_int_equal(done, HSB_EIO);
 
     /* Through a raw connection: the same. */
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_open(f->db.path, &db), SQLITE_OK);
     sqlite3_busy_timeout(db, 5000);
     assert_int_not_equal(
         sqlite3_exec(db, "UPDATE audit SET detail = 'x' WHERE seq = 2", NULL, NULL, &msg),
@@ -214,8 +207,8 @@ static void test_tamper_detected(void **state)
     assert_int_equal(store_sync(f->st), HSB_OK);
 
     /* Rewrite row 3's detail. */
-    tamper(f->path, "DROP TRIGGER audit_no_update;"
-                    "UPDATE audit SET detail = 'n=forged' WHERE seq = 3");
+    tamper(f->db.path, "DROP TRIGGER audit_no_update;"
+                       "UPDATE audit SET detail = 'n=forged' WHERE seq = 3");
     assert_int_equal(store_audit_verify(f->st, &rep), HSB_OK);
     assert_false(rep.ok);
     assert_int_equal(rep.first_bad_seq, 3);
@@ -232,16 +225,16 @@ static void test_tamper_rehash_detected(void **state)
     }
     assert_int_equal(store_sync(f->st), HSB_OK);
     /* A forger who also replaces row 2's hash breaks the link to row 3. */
-    tamper(f->path, "DROP TRIGGER audit_no_update;"
-                    "UPDATE audit SET hash = zeroblob(32) WHERE seq = 2");
+    tamper(f->db.path, "DROP TRIGGER audit_no_update;"
+                       "UPDATE audit SET hash = zeroblob(32) WHERE seq = 2");
     assert_int_equal(store_audit_verify(f->st, &rep), HSB_OK);
     assert_false(rep.ok);
     assert_int_equal(rep.first_bad_seq, 2);
 
     /* Deleting a row leaves a gap in seq: found at the row after it. */
-    tamper(f->path, "UPDATE audit SET hash = (SELECT prev_hash FROM audit WHERE seq = 3) "
-                    "WHERE seq = 2;"
-                    "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 4");
+    tamper(f->db.path, "UPDATE audit SET hash = (SELECT prev_hash FROM audit WHERE seq = 3) "
+                       "WHERE seq = 2;"
+                       "DROP TRIGGER audit_no_delete; DELETE FROM audit WHERE seq = 4");
     assert_int_equal(store_audit_verify(f->st, &rep), HSB_OK);
     assert_false(rep.ok);
     assert_int_equal(rep.first_bad_seq, 5);

@@ -17,9 +17,10 @@
 
 #include "daemon/store/store.h"
 
+#include "store_tmpdb.h"
+
 typedef struct fixture {
-    char dir[64];
-    char path[128];
+    store_tmpdb db;
     store *st;
 } fixture;
 
@@ -28,7 +29,7 @@ static store *fixture_open(fixture *f)
     store_config cfg;
     store *st = NULL;
     store_config_defaults(&cfg);
-    cfg.path = f->path;
+    cfg.path = f->db.path;
     assert_int_equal(store_open(&cfg, &st), HSB_OK);
     return st;
 }
@@ -36,11 +37,9 @@ static store *fixture_open(fixture *f)
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
-    snprintf(f->dir, sizeof(f->dir), "/tmp/hsb-durable-XXXXXX");
-    if (mkdtemp(f->dir) == NULL) {
+    if (store_tmpdb_make(&f->db, "durable") != 0) {
         return -1;
     }
-    snprintf(f->path, sizeof(f->path), "%s/hsbus.db", f->dir);
     f->st = fixture_open(f);
     *state = f;
     return 0;
@@ -49,14 +48,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    char p[200];
-    const char *sfx[] = {"", "-wal", "-shm"};
     assert_int_equal(store_close(f->st), HSB_OK);
-    for (size_t i = 0; i < 3; i++) {
-        snprintf(p, sizeof(p), "%s%s", f->path, sfx[i]);
-        unlink(p);
-    }
-    rmdir(f->dir);
+    store_tmpdb_remove(&f->db);
     free(f);
     return 0;
 }

@@ -20,9 +20,10 @@
 #include "daemon/store/store.h"
 #include "proto/codec.h"
 
+#include "store_tmpdb.h"
+
 typedef struct fixture {
-    char dir[64];
-    char path[128];
+    store_tmpdb db;
     store *st;
     store_persist *p;
     sqlite3 *check; /* raw read connection, used on the writer thread by post_done only */
@@ -56,13 +57,11 @@ static int setup_with(void **state, size_t queue_max)
 {
     fixture *f = calloc(1, sizeof(*f));
     store_config cfg;
-    snprintf(f->dir, sizeof(f->dir), "/tmp/hsb-persist-XXXXXX");
-    if (mkdtemp(f->dir) == NULL) {
+    if (store_tmpdb_make(&f->db, "persist") != 0) {
         return -1;
     }
-    snprintf(f->path, sizeof(f->path), "%s/hsbus.db", f->dir);
     store_config_defaults(&cfg);
-    cfg.path = f->path;
+    cfg.path = f->db.path;
     cfg.queue_max = queue_max;
     if (store_open(&cfg, &f->st) != HSB_OK) {
         return -1;
@@ -70,7 +69,7 @@ static int setup_with(void **state, size_t queue_max)
     if (store_persist_new(f->st, post_done, f, &f->p) != HSB_OK) {
         return -1;
     }
-    if (sqlite3_open_v2(f->path, &f->check, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+    if (sqlite3_open_v2(f->db.path, &f->check, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
         return -1;
     }
     pthread_mutex_init(&f->mu, NULL);
@@ -91,16 +90,10 @@ static int setup_small(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    char p[200];
-    const char *sfx[] = {"", "-wal", "-shm"};
     assert_int_equal(store_close(f->st), HSB_OK);
     store_persist_free(f->p);
     sqlite3_close(f->check);
-    for (size_t i = 0; i < 3; i++) {
-        snprintf(p, sizeof(p), "%s%s", f->path, sfx[i]);
-        unlink(p);
-    }
-    rmdir(f->dir);
+    store_tmpdb_remove(&f->db);
     pthread_mutex_destroy(&f->mu);
     free(f);
     return 0;

@@ -19,28 +19,18 @@
 #include "daemon/store/schema.h"
 #include "daemon/store/store.h"
 
+#include "store_tmpdb.h"
+
 typedef struct fixture {
-    char dir[64];
-    char path[128];
+    store_tmpdb db;
     store *st;
 } fixture;
-
-static void fixture_rmdir(fixture *f)
-{
-    char p[200];
-    const char *sfx[] = {"", "-wal", "-shm", "-journal"};
-    for (size_t i = 0; i < 4; i++) {
-        snprintf(p, sizeof(p), "%s%s", f->path, sfx[i]);
-        unlink(p);
-    }
-    rmdir(f->dir);
-}
 
 static store *fixture_open(fixture *f, store_sync_mode sync)
 {
     store_config cfg;
     store_config_defaults(&cfg);
-    cfg.path = f->path;
+    cfg.path = f->db.path;
     cfg.sync = sync;
     store *st = NULL;
     assert_int_equal(store_open(&cfg, &st), HSB_OK);
@@ -50,11 +40,9 @@ static store *fixture_open(fixture *f, store_sync_mode sync)
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
-    snprintf(f->dir, sizeof(f->dir), "/tmp/hsb-store-XXXXXX");
-    if (mkdtemp(f->dir) == NULL) {
+    if (store_tmpdb_make(&f->db, "store") != 0) {
         return -1;
     }
-    snprintf(f->path, sizeof(f->path), "%s/hsbus.db", f->dir);
     f->st = fixture_open(f, STORE_SYNC_FULL);
     *state = f;
     return 0;
@@ -66,7 +54,7 @@ static int teardown(void **state)
     if (f->st != NULL) {
         assert_int_equal(store_close(f->st), HSB_OK);
     }
-    fixture_rmdir(f);
+    store_tmpdb_remove(&f->db);
     free(f);
     return 0;
 }
@@ -164,7 +152,8 @@ static void test_group_commit(void **state)
     store_pool_stats ps;
 
     create_table(f->st, "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
-    assert_int_equal(sqlite3_open_v2(f->path, &ctx.check, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_open_v2(f->db.path, &ctx.check, SQLITE_OPEN_READONLY, NULL),
+                     SQLITE_OK);
     pthread_mutex_init(&ctx.mu, NULL);
     pthread_cond_init(&ctx.cv, NULL);
     for (int i = 0; i < GC_THREADS; i++) {
@@ -367,7 +356,7 @@ static void test_synchronous_and_wal(void **state)
         store_query(f->st, "PRAGMA journal_mode", NULL, 0, 0, STORE_QUERY_NOCACHE, text_row, mode),
         HSB_EINVAL);
     sqlite3 *db;
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_open(f->db.path, &db), SQLITE_OK);
     sqlite3_stmt *q;
     sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &q, NULL);
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
@@ -556,7 +545,7 @@ static void test_migrations_idempotent(void **state)
 
     assert_int_equal(store_close(f->st), HSB_OK);
     f->st = NULL;
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_open(f->db.path, &db), SQLITE_OK);
     assert_int_equal(store_schema_version(db, &version), HSB_OK);
     assert_int_equal(version, STORE_SCHEMA_VERSION);
     assert_int_equal(store_schema_migrate(db, &applied), HSB_OK);

@@ -19,6 +19,8 @@
 
 #include "daemon/store/store.h"
 
+#include "store_tmpdb.h"
+
 static uint64_t fake_now;
 
 static uint64_t fake_clock(void *arg)
@@ -294,8 +296,7 @@ static void test_generation_check(void **state)
 /* ---- through the store ------------------------------------------------------------------ */
 
 typedef struct fixture {
-    char dir[64];
-    char path[128];
+    store_tmpdb db;
     store *st;
 } fixture;
 
@@ -303,13 +304,11 @@ static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
     store_config cfg;
-    snprintf(f->dir, sizeof(f->dir), "/tmp/hsb-qcache-XXXXXX");
-    if (mkdtemp(f->dir) == NULL) {
+    if (store_tmpdb_make(&f->db, "qcache") != 0) {
         return -1;
     }
-    snprintf(f->path, sizeof(f->path), "%s/hsbus.db", f->dir);
     store_config_defaults(&cfg);
-    cfg.path = f->path;
+    cfg.path = f->db.path;
     cfg.sync = STORE_SYNC_NORMAL;
     cfg.readers = 4;
     if (store_open(&cfg, &f->st) != HSB_OK) {
@@ -322,14 +321,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
-    char p[200];
-    const char *sfx[] = {"", "-wal", "-shm"};
     assert_int_equal(store_close(f->st), HSB_OK);
-    for (size_t i = 0; i < 3; i++) {
-        snprintf(p, sizeof(p), "%s%s", f->path, sfx[i]);
-        unlink(p);
-    }
-    rmdir(f->dir);
+    store_tmpdb_remove(&f->db);
     free(f);
     return 0;
 }
