@@ -441,7 +441,9 @@ static hsbus_err hsbus_msg_set_body_hdr(hsbus_msg *msg, const uint8_t *hdr, size
     if (b == NULL) {
         return HSBUS_ENOMEM;
     }
-    memcpy(b, hdr, hlen);
+    if (hlen > 0) { /* a raw body has no header: memcpy(b, NULL, 0) is undefined */
+        memcpy(b, hdr, hlen);
+    }
     if (len > 0) {
         memcpy(b + hlen, data, len);
     }

@@ -18,15 +18,31 @@
 static config cfg, cfg2;
 static char err[600];
 
-/* Writes text to a new temporary file and returns its path (leaked: tests are short). */
+/* The temporary files of the current test; tc_cleanup removes them. */
+static char tc_paths[8][32];
+static int tc_n;
+
+/* Writes text to a new temporary file and returns its path. */
 static const char *tc_file(const char *text)
 {
-    char *path = strdup("/tmp/hsbus-conf-XXXXXX");
+    assert_true(tc_n < 8);
+    char *path = tc_paths[tc_n++];
+    snprintf(path, sizeof(tc_paths[0]), "/tmp/hsbus-conf-XXXXXX");
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
     close(fd);
     return path;
+}
+
+static int tc_cleanup(void **state)
+{
+    (void)state;
+    for (int i = 0; i < tc_n; i++) {
+        unlink(tc_paths[i]);
+    }
+    tc_n = 0;
+    return 0;
 }
 
 static void test_defaults_without_file(void **state)
@@ -71,7 +87,6 @@ static void test_file_sets_values_and_agent_inherits_bus(void **state)
     assert_int_equal(lab->bus.max_deliveries, 9);
     /* Not set in the agent's section: taken from [bus], even though [bus] came later. */
     assert_int_equal(lab->bus.breaker.failure_threshold, 7);
-    unlink(f);
 }
 
 static void test_unknown_key_names_file_and_line(void **state)
@@ -82,7 +97,6 @@ static void test_unknown_key_names_file_and_line(void **state)
     char want[128];
     snprintf(want, sizeof(want), "%s:4: [bus] batch_maxx: unknown key", f);
     assert_string_equal(err, want);
-    unlink(f);
 }
 
 static void test_bad_values_are_refused(void **state)
@@ -102,7 +116,6 @@ static void test_bad_values_are_refused(void **state)
         const char *f = tc_file(bad[i]);
         assert_int_equal(config_load(&cfg, f, NULL, 0, err, sizeof(err)), HSB_EINVAL);
         assert_non_null(strstr(err, f)); /* every error names the file */
-        unlink(f);
     }
 }
 
@@ -132,7 +145,6 @@ static void test_overrides_win_and_create_agents(void **state)
     const char *badset[] = {"no-dot-here"};
     assert_int_equal(config_load(&cfg, NULL, badset, 1, err, sizeof(err)), HSB_EINVAL);
     assert_non_null(strstr(err, "section.key=value"));
-    unlink(f);
 }
 
 static void test_diff_live_and_restart(void **state)
@@ -171,8 +183,6 @@ static void test_diff_live_and_restart(void **state)
     assert_int_equal(n, 0);
     assert_string_equal(live, "");
     assert_string_equal(restart, "");
-    unlink(a);
-    unlink(b);
 }
 
 static void test_print_config_round_trips(void **state)
@@ -197,14 +207,14 @@ static void test_print_config_round_trips(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults_without_file),
-        cmocka_unit_test(test_file_sets_values_and_agent_inherits_bus),
-        cmocka_unit_test(test_unknown_key_names_file_and_line),
-        cmocka_unit_test(test_bad_values_are_refused),
-        cmocka_unit_test(test_missing_file),
-        cmocka_unit_test(test_overrides_win_and_create_agents),
-        cmocka_unit_test(test_diff_live_and_restart),
-        cmocka_unit_test(test_print_config_round_trips),
+        cmocka_unit_test_teardown(test_defaults_without_file, tc_cleanup),
+        cmocka_unit_test_teardown(test_file_sets_values_and_agent_inherits_bus, tc_cleanup),
+        cmocka_unit_test_teardown(test_unknown_key_names_file_and_line, tc_cleanup),
+        cmocka_unit_test_teardown(test_bad_values_are_refused, tc_cleanup),
+        cmocka_unit_test_teardown(test_missing_file, tc_cleanup),
+        cmocka_unit_test_teardown(test_overrides_win_and_create_agents, tc_cleanup),
+        cmocka_unit_test_teardown(test_diff_live_and_restart, tc_cleanup),
+        cmocka_unit_test_teardown(test_print_config_round_trips, tc_cleanup),
     };
     return cmocka_run_group_tests_name("daemon_config", tests, NULL, NULL);
 }
