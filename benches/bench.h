@@ -117,7 +117,7 @@ typedef struct bench_result {
     uint64_t failed; /* errors and timeouts */
     double rate;     /* ok / secs */
     double ratio;    /* rate / the reference's rate in the same trial */
-    int trial;       /* which trial this result comes from (best ratio) */
+    int trial;       /* the trial this result comes from (median ratio) */
     bench_hist lat;
     bench_kv extra[BENCH_EXTRA_MAX];
     size_t n_extra;
@@ -150,7 +150,7 @@ void bench_live_begin(const char *name, double secs, bench_hist *lat);
 
 typedef struct bench_report {
     const char *url;
-    double ref_rate; /* the reference of the trial the results are shown against (best) */
+    double ref_rate; /* the median reference rate of the trials */
     int trials;
     bool short_form;
     double duration; /* seconds per workload */

@@ -145,7 +145,7 @@ void bench_print_table(const bench_report *rep, FILE *out)
     }
     fprintf(out, "\nrate: succeeded per second of wall-clock time in the measured window. x ref: "
                  "rate / the reference\nrate of the same trial (trial_ref; the reference line "
-                 "shows the best trial). Latency from the\nsend, or from the scheduled send "
+                 "shows the median trial). Latency from the\nsend, or from the scheduled send "
                  "for open-loop loads and scenarios; priority: critical messages.\n");
 }
 

@@ -8,8 +8,8 @@
  *
  * A run: make a private temporary directory; start hsbusd there (or attach with --url); start the
  * raw nng echo server; then for each trial measure the reference and every selected workload, and
- * keep for each workload the trial with its best ratio to that trial's reference (best of N, so
- * one noisy moment on a shared 2-core machine does not fail the gate). Seed scenarios run once.
+ * report for each workload the trial with the median ratio to that trial's reference (so one noisy
+ * moment on a shared 2-core machine neither fails nor flatters the gate). Seed scenarios run once.
  * Finally print the table and write --json, --plot and the --compare verdict.
  */
 #include <errno.h>
@@ -31,7 +31,8 @@
 #define HSBUS_BENCH_HSBUSD ""
 #endif
 
-#define MAIN_SETS_MAX 32
+#define MAIN_SETS_MAX   32
+#define MAIN_TRIALS_MAX 20
 
 volatile int bench_interrupted;
 
@@ -89,7 +90,7 @@ static void main_usage(FILE *out)
         "                       heavy, stress, spike, soak\n"
         "  -t, --duration SECS  measured seconds per workload (default 10; 3 with --short)\n"
         "  -s, --short          short forms of everything (CI)\n"
-        "  -n, --trials N       repeat reference + workloads N times, keep each best ratio\n"
+        "  -n, --trials N       repeat reference + workloads N times, report each median ratio\n"
         "  -p, --producers N    producer threads (each its own client) of oneway, oneway-batch\n"
         "                       and durable, 1..16 (default 4)\n"
         "  --json FILE          write every result as JSON\n"
@@ -283,6 +284,55 @@ static int main_run_one(bench_env *e, const main_work *w, bench_result *r)
     return -1;
 }
 
+/*
+ * main_median picks, among the n trial results of one workload (NULL where it did not run), the
+ * one with the median ratio (the reference: the median rate; an even count takes the lower
+ * middle), records the spread on it, frees the others and clears their slots. The median is
+ * robust in both directions: a best-of-N would favour the trials whose reference was slowed down.
+ */
+static int main_cmp_ratio(const void *a, const void *b)
+{
+    const bench_result *x = *(bench_result *const *)a, *y = *(bench_result *const *)b;
+    return x->ratio < y->ratio ? -1 : x->ratio > y->ratio;
+}
+
+static bench_result *main_median(bench_result **rs, size_t n, bool by_rate)
+{
+    bench_result *ok[MAIN_TRIALS_MAX], *pick = NULL;
+    size_t m = 0;
+
+    for (size_t t = 0; t < n; t++) {
+        if (rs[t] != NULL && rs[t]->available) {
+            if (by_rate) {
+                rs[t]->ratio = rs[t]->rate; /* sorted by rate; reset below */
+            }
+            ok[m++] = rs[t];
+        }
+    }
+    if (m > 0) {
+        qsort(ok, m, sizeof(ok[0]), main_cmp_ratio);
+        pick = ok[(m - 1) / 2];
+        if (m > 1) {
+            bench_result_extra(pick, by_rate ? "rate_min" : "ratio_min", ok[0]->ratio);
+            bench_result_extra(pick, by_rate ? "rate_max" : "ratio_max", ok[m - 1]->ratio);
+        }
+    } else {
+        for (size_t t = 0; t < n && pick == NULL; t++) {
+            pick = rs[t];
+        }
+    }
+    for (size_t t = 0; t < n; t++) {
+        if (rs[t] != pick) {
+            free(rs[t]);
+        }
+        rs[t] = NULL;
+    }
+    if (pick != NULL && by_rate) {
+        pick->ratio = 1.0;
+    }
+    return pick;
+}
+
 /* ---- roles ------------------------------------------------------------------------------------
  */
 
@@ -431,7 +481,7 @@ int main(int argc, char **argv)
         }
         return main_role(role, url, name, threads, stat);
     }
-    if (trials < 1 || trials > 20 || producers < 1 || producers > 16 || duration < 0 ||
+    if (trials < 1 || trials > MAIN_TRIALS_MAX || producers < 1 || producers > 16 || duration < 0 ||
         main_select(list, sel) != 0) {
         main_usage(stderr);
         return 2;
@@ -479,9 +529,10 @@ int main(int argc, char **argv)
                      .producers = producers};
     bench_report rep = {.trials = trials, .short_form = short_form, .duration = duration};
     bench_result **best = calloc(MAIN_N_WORKS + 1, sizeof(*best));
+    bench_result **all = calloc((MAIN_N_WORKS + 1) * MAIN_TRIALS_MAX, sizeof(*all));
     bench_result *cur = NULL;
     pid_t daemon_pid = 0, ref_pid = 0;
-    if (best == NULL) {
+    if (best == NULL || all == NULL) {
         goto out;
     }
     rep.load1_before = main_load1();
@@ -533,7 +584,7 @@ int main(int argc, char **argv)
     }
     bench_progress_start();
 
-    /* Trials: the reference, then every selected throughput workload; best ratio kept. */
+    /* Trials: the reference, then every selected workload; all results kept, the median chosen. */
     for (int t = 0; t < trials && !bench_interrupted; t++) {
         cur = calloc(1, sizeof(*cur));
         if (cur == NULL || bench_ref_client(ref_url, 16, duration, cur) != 0) {
@@ -542,13 +593,8 @@ int main(int argc, char **argv)
         }
         double ref = cur->rate;
         cur->trial = t;
-        bench_result_extra(cur, "trial_rate", ref);
-        if (best[0] == NULL || cur->rate > best[0]->rate) {
-            free(best[0]);
-            best[0] = cur;
-        } else {
-            free(cur);
-        }
+        bench_result_extra(cur, "load1", main_load1());
+        all[t] = cur;
         cur = NULL;
         for (size_t i = 0; i < MAIN_N_WORKS && !bench_interrupted; i++) {
             if (!sel[i] || (main_works[i].kind == MAIN_SCENARIO && t > 0)) {
@@ -570,15 +616,12 @@ int main(int argc, char **argv)
             cur->ratio = ref > 0 ? cur->rate / ref : 0;
             bench_result_extra(cur, "trial_ref", ref);
             bench_result_extra(cur, "load1", main_load1()); /* the machine's load at its end */
-            bench_result *b = best[i + 1];
-            if (b == NULL || (cur->available && (!b->available || cur->ratio > b->ratio))) {
-                free(b);
-                best[i + 1] = cur;
-            } else {
-                free(cur);
-            }
+            all[(i + 1) * MAIN_TRIALS_MAX + (size_t)t] = cur;
             cur = NULL;
         }
+    }
+    for (size_t i = 0; i <= MAIN_N_WORKS; i++) {
+        best[i] = main_median(&all[i * MAIN_TRIALS_MAX], (size_t)trials, i == 0);
     }
     bench_progress_stop();
     rep.load1_after = main_load1();
@@ -588,6 +631,9 @@ int main(int argc, char **argv)
         if (best[i] != NULL) {
             shown[rep.n_res++] = best[i];
         }
+    }
+    if (best[0] == NULL) {
+        goto out;
     }
     rep.ref_rate = best[0]->rate;
     bench_print_table(&rep, stdout);
@@ -620,6 +666,12 @@ out:
             free(best[i]);
         }
         free(best);
+    }
+    if (all != NULL) {
+        for (size_t i = 0; i < (MAIN_N_WORKS + 1) * MAIN_TRIALS_MAX; i++) {
+            free(all[i]);
+        }
+        free(all);
     }
     if (ref_pid > 0) {
         bench_stop(ref_pid);
