@@ -337,8 +337,9 @@ int bench_write_plot(const bench_report *rep, const char *path, const char *tmpd
         if (!r->available || r->lat.count == 0) {
             continue;
         }
-        fprintf(g, "%s'%s' index %zu with linespoints title '%s'", idx ? ", " : "", dat, idx,
-                r->name);
+        /* 8 colours x dash types x point types, so that 16 curves stay distinguishable. */
+        fprintf(g, "%s'%s' index %zu with linespoints lc %zu dt %zu pt %zu title '%s'",
+                idx ? ", " : "", dat, idx, idx % 8 + 1, idx / 8 + 1, idx % 13 + 1, r->name);
         idx++;
     }
     fprintf(g,
@@ -352,8 +353,8 @@ int bench_write_plot(const bench_report *rep, const char *path, const char *tmpd
         if (!r->available || r->n_series == 0) {
             continue;
         }
-        fprintf(g, "%s'%s' index %zu with lines title '%s'", s ? ", " : "", dat, n_lat + s,
-                r->name);
+        fprintf(g, "%s'%s' index %zu with lines lc %zu dt %zu title '%s'", s ? ", " : "", dat,
+                n_lat + s, s % 8 + 1, s / 8 + 1, r->name);
         s++;
     }
     fprintf(g, "\nunset multiplot\n");
