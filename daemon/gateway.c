@@ -18,6 +18,7 @@
 
 #include "daemon/log.h"
 #include "proto/codec.h"
+#include "proto/nng_write.h"
 
 #define GW_CONN_BUCKETS 1024
 
@@ -178,11 +179,6 @@ static void gw_grow(gw *g)
 
 /* ---- replies ----------------------------------------------------------------------------- */
 
-static int gw_msg_write(void *data, const char *buf, size_t len)
-{
-    return nng_msg_append((nng_msg *)data, buf, len) == 0 ? 0 : -1;
-}
-
 /* gw_reply_begin allocates the reply message and a packer over it. */
 static nng_msg *gw_reply_begin(msgpack_packer *pk, size_t reserve)
 {
@@ -191,9 +187,9 @@ static nng_msg *gw_reply_begin(msgpack_packer *pk, size_t reserve)
         return NULL;
     }
     if (reserve > 0) {
-        (void)nng_msg_reserve(m, reserve); /* a hint; append grows it anyway */
+        (void)nng_msg_reserve(m, reserve); /* a hint; hsb_nng_write grows it by doubling */
     }
-    msgpack_packer_init(pk, m, gw_msg_write);
+    msgpack_packer_init(pk, m, hsb_nng_write);
     return m;
 }
 

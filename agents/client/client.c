@@ -39,6 +39,7 @@
 #include <nng/protocol/reqrep0/req.h>
 
 #include "agents/client/hsbus.h"
+#include "proto/nng_write.h"
 #include "proto/codec.h"
 #include "proto/envelope.h"
 #include "proto/err.h"
@@ -709,12 +710,6 @@ static void hsbus_slot_put(hsbus_client *c, hsbus_slot *s)
     pthread_mutex_unlock(&c->mtx);
 }
 
-/* msgpack write callback that appends to an nng_msg. */
-static int hsbus_nngmsg_write(void *data, const char *buf, size_t len)
-{
-    return nng_msg_append((nng_msg *)data, buf, len) == 0 ? 0 : -1;
-}
-
 /*
  * hsbus_call runs one request/reply on slot s: encodes req, sends it, waits up to timeout_ms for
  * the reply and decodes it into *rep (owned by s->dec until the slot's next call). A reply with
@@ -732,7 +727,7 @@ static hsbus_err hsbus_call(hsbus_client *c, hsbus_slot *s, const hsb_request *r
     if (rv != 0) {
         return hsbus_fail_nng(c, rv, "nng_msg_alloc");
     }
-    msgpack_packer_init(&pk, m, hsbus_nngmsg_write);
+    msgpack_packer_init(&pk, m, hsb_nng_write);
     if (hsb_enc_request(&pk, req) != HSB_OK) {
         nng_msg_free(m);
         return hsbus_fail(c, HSBUS_ENOMEM, "encoding %s failed", hsb_op_name(req->op));
