@@ -328,7 +328,42 @@ typedef struct config_reader {
     FILE *f;         /* or */
     const char *str; /* the embedded text, consumed as it is read */
     int line;
+    config_parse *p; /* section headers are reported here (see config_read_section) */
 } config_reader;
+
+static int config_ini_line_cb(void *user, const char *section, const char *name, const char *value,
+                              int line);
+
+/*
+ * inih reports a section only through its keys, so a section without keys would be lost:
+ * "[agent.lab]" alone must still declare the agent (with the defaults). The reader sees every
+ * line, so it reports section headers itself.
+ */
+static void config_read_section(config_reader *r, const char *line)
+{
+    while (*line == ' ' || *line == '\t') {
+        line++;
+    }
+    const char *end = line[0] == '[' ? strchr(line, ']') : NULL;
+    if (end == NULL || r->p == NULL) {
+        return;
+    }
+    char section[128];
+    const char *b = line + 1;
+    while (*b == ' ' || *b == '\t') {
+        b++;
+    }
+    const char *e = end;
+    while (e > b && (e[-1] == ' ' || e[-1] == '\t')) {
+        e--;
+    }
+    if ((size_t)(e - b) >= sizeof(section)) {
+        return; /* inih reports the overlong header itself */
+    }
+    memcpy(section, b, (size_t)(e - b));
+    section[e - b] = '\0';
+    (void)config_ini_line_cb(r->p, section, NULL, NULL, r->line);
+}
 
 static char *config_read(char *buf, int size, void *arg)
 {
@@ -352,14 +387,12 @@ static char *config_read(char *buf, int size, void *arg)
     }
     if (out != NULL) {
         r->line++;
+        config_read_section(r, out);
     }
     return out;
 }
 
 static config_reader *config_cur_reader;
-
-static int config_ini_line_cb(void *user, const char *section, const char *name, const char *value,
-                              int line);
 
 static int config_ini_cb(void *user, const char *section, const char *name, const char *value)
 {
@@ -468,7 +501,7 @@ hsb_err config_load(config *cfg, const char *file, const char *const *sets, size
     }
 
     p.file = "(embedded defaults)";
-    config_reader rd = {.str = config_embedded};
+    config_reader rd = {.str = config_embedded, .p = &p};
     config_cur_reader = &rd;
     int r = ini_parse_stream(config_read, &rd, config_ini_cb, &p);
     config_cur_reader = NULL;
@@ -478,7 +511,7 @@ hsb_err config_load(config *cfg, const char *file, const char *const *sets, size
     if (file != NULL && file[0] != '\0') {
         snprintf(cfg->file, sizeof(cfg->file), "%s", file);
         p.file = file;
-        config_reader fr = {.f = fopen(file, "r")};
+        config_reader fr = {.f = fopen(file, "r"), .p = &p};
         if (fr.f == NULL) {
             snprintf(err, errlen, "%s: cannot open: %s", file, strerror(errno));
             return HSB_EINVAL;

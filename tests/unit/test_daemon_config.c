@@ -119,6 +119,24 @@ static void test_bad_values_are_refused(void **state)
     }
 }
 
+static void test_section_without_keys_declares_agent(void **state)
+{
+    (void)state;
+    const char *f = tc_file("[agent.lab]\n\n[ agent.portal ]\n; nothing but a comment\n");
+    assert_int_equal(config_load(&cfg, f, NULL, 0, err, sizeof(err)), HSB_OK);
+    const config_agent *lab = config_agent_find(&cfg, "lab");
+    assert_non_null(lab);
+    assert_int_equal(lab->line, 1);
+    assert_int_equal(lab->bus.max_deliveries, 5); /* the [bus] default */
+    assert_non_null(config_agent_find(&cfg, "portal"));
+    /* A bad name is refused even without keys, with its line. */
+    const char *g = tc_file("[bus]\nbatch_max = 8\n[agent.Bad Name]\n");
+    assert_int_equal(config_load(&cfg, g, NULL, 0, err, sizeof(err)), HSB_EINVAL);
+    char want[96];
+    snprintf(want, sizeof(want), "%s:3:", g);
+    assert_non_null(strstr(err, want));
+}
+
 static void test_missing_file(void **state)
 {
     (void)state;
@@ -153,7 +171,7 @@ static void test_diff_live_and_restart(void **state)
     const char *a = tc_file("[bus]\nbatch_max = 32\n[daemon]\nrun_dir = r1\n"
                             "[agent.x]\nbreaker_failure_threshold = 3\n");
     const char *b = tc_file("[bus]\nbatch_max = 16\n[daemon]\nrun_dir = r2\n"
-                            "[agent.x]\nbreaker_failure_threshold = 9\n[agent.y]\nworkers = 2\n");
+                            "[agent.x]\nbreaker_failure_threshold = 9\n[agent.y]\n");
     assert_int_equal(config_load(&cfg, a, NULL, 0, err, sizeof(err)), HSB_OK);
     assert_int_equal(config_load(&cfg2, b, NULL, 0, err, sizeof(err)), HSB_OK);
     char live[512], restart[512];
@@ -211,6 +229,7 @@ int main(void)
         cmocka_unit_test_teardown(test_file_sets_values_and_agent_inherits_bus, tc_cleanup),
         cmocka_unit_test_teardown(test_unknown_key_names_file_and_line, tc_cleanup),
         cmocka_unit_test_teardown(test_bad_values_are_refused, tc_cleanup),
+        cmocka_unit_test_teardown(test_section_without_keys_declares_agent, tc_cleanup),
         cmocka_unit_test_teardown(test_missing_file, tc_cleanup),
         cmocka_unit_test_teardown(test_overrides_win_and_create_agents, tc_cleanup),
         cmocka_unit_test_teardown(test_diff_live_and_restart, tc_cleanup),
