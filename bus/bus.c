@@ -1115,8 +1115,105 @@ static void bus_accepted(bus *b, bus_msg *m, const char *from_agent, bus_agent *
     }
 }
 
-hsb_err bus_send(bus *b, bus_client *from, const hsb_envelope *envs, size_t n,
-                 hsb_send_result *results, void *cookie, bool *pending)
+/*
+ * bus_send_one routes one message for bus_send and bus_send_msgs: env is checked and, unless the
+ * caller built the message already (adopt), copied into a new bus_msg. A durable message joins
+ * *reqp, created on first need. results[i] receives the outcome.
+ */
+static void bus_send_one(bus *b, bus_client *from, const char *from_agent, const hsb_envelope *env,
+                         bus_msg *adopt, uint64_t now, size_t i, hsb_send_result *results,
+                         void *cookie, bus_send_req **reqp)
+{
+    uint64_t first_id;
+    if (env->prio >= HSB_PRIO_COUNT) {
+        bus_result(&results[i], HSB_EBADPRIO, 0);
+        return;
+    }
+    if (env->body != NULL && env->body_len > HSB_BODY_MAX) {
+        bus_result(&results[i], HSB_ETOOBIG, 0);
+        return;
+    }
+    if (env->cid[0] != '\0' && bus_dedup_find(&b->dedup, from_agent, env->cid, now, &first_id)) {
+        b->t.duplicates++;
+        bus_result(&results[i], HSB_OK, first_id);
+        return;
+    }
+    if (env->durable && !b->has_persist) {
+        bus_result(&results[i], HSB_EDURABLE, 0);
+        return;
+    }
+    size_t nd = bus_resolve(b, env, now);
+    if (nd == 0) {
+        b->t.no_route++;
+        bus_result(&results[i], HSB_ENOROUTE, 0);
+        return;
+    }
+    /* An adopted message gets a reference of the bus's own; the caller keeps its one. */
+    bus_msg *m = adopt != NULL ? bus_msg_ref(adopt) : bus_msg_new(env);
+    if (m == NULL) {
+        bus_result(&results[i], HSB_ENOMEM, 0);
+        return;
+    }
+    size_t from_len = strlen(from_agent); /* a valid name: fits, checked at attach */
+    memcpy(m->env.from, from_agent, from_len + 1);
+    m->env.id = b->next_id++;
+    m->env.deadline = (int64_t)(now + bus_ttl_for(b, env, nd));
+    m->env.deliveries = 0;
+    m->enqueue_ms = now;
+    m->sender_session = from != NULL ? from->session : 0;
+
+    if (!env->durable) {
+        hsb_err err = bus_enqueue_all(b, m, nd, now);
+        bus_count_result(b, err);
+        bus_result(&results[i], err, m->env.id);
+        if (err == HSB_OK) {
+            bus_accepted(b, m, from_agent, from != NULL ? from->agent : NULL, now);
+        }
+        bus_msg_unref(m);
+        return;
+    }
+
+    /* Durable: commit first, queue when the store answers (bus_persist_done). */
+    bus_send_req *req = *reqp;
+    if (req == NULL) {
+        req = calloc(1, sizeof(*req));
+        if (req == NULL) {
+            bus_result(&results[i], HSB_ENOMEM, 0);
+            bus_msg_unref(m);
+            return;
+        }
+        req->cookie = cookie;
+        req->results = results;
+        *reqp = req;
+    }
+    bus_pending *p = calloc(1, sizeof(*p));
+    hsb_err err =
+        p == NULL ? HSB_ENOMEM : bus_idmap_put(&b->pending, m->env.id, (uint64_t)(uintptr_t)p);
+    if (err == HSB_OK) {
+        err = b->pops.save(b->pctx, m, m->env.id);
+        if (err != HSB_OK) {
+            bus_idmap_del(&b->pending, m->env.id);
+        }
+    }
+    if (err != HSB_OK) {
+        free(p);
+        bus_result(&results[i], err, 0);
+        bus_msg_unref(m);
+        return;
+    }
+    p->req = req;
+    p->idx = i;
+    p->msg = m;
+    req->remaining++;
+    results[i].err = HSB_OK;
+    results[i].id = 0;
+    results[i].msg = NULL;
+}
+
+/* bus_send_all is bus_send and bus_send_msgs: exactly one of envs and msgs is given. */
+static hsb_err bus_send_all(bus *b, bus_client *from, const hsb_envelope *envs,
+                            bus_msg *const *msgs, size_t n, hsb_send_result *results, void *cookie,
+                            bool *pending)
 {
     *pending = false;
     if (b->draining) {
@@ -1128,89 +1225,9 @@ hsb_err bus_send(bus *b, bus_client *from, const hsb_envelope *envs, size_t n,
 
     bus_dedup_expire(&b->dedup, now);
     for (size_t i = 0; i < n; i++) {
-        const hsb_envelope *env = &envs[i];
-        uint64_t first_id;
-        if (env->prio >= HSB_PRIO_COUNT) {
-            bus_result(&results[i], HSB_EBADPRIO, 0);
-            continue;
-        }
-        if (env->body != NULL && env->body_len > HSB_BODY_MAX) {
-            bus_result(&results[i], HSB_ETOOBIG, 0);
-            continue;
-        }
-        if (env->cid[0] != '\0' &&
-            bus_dedup_find(&b->dedup, from_agent, env->cid, now, &first_id)) {
-            b->t.duplicates++;
-            bus_result(&results[i], HSB_OK, first_id);
-            continue;
-        }
-        if (env->durable && !b->has_persist) {
-            bus_result(&results[i], HSB_EDURABLE, 0);
-            continue;
-        }
-        size_t nd = bus_resolve(b, env, now);
-        if (nd == 0) {
-            b->t.no_route++;
-            bus_result(&results[i], HSB_ENOROUTE, 0);
-            continue;
-        }
-        bus_msg *m = bus_msg_new(env);
-        if (m == NULL) {
-            bus_result(&results[i], HSB_ENOMEM, 0);
-            continue;
-        }
-        size_t from_len = strlen(from_agent); /* a valid name: fits, checked at attach */
-        memcpy(m->env.from, from_agent, from_len + 1);
-        m->env.id = b->next_id++;
-        m->env.deadline = (int64_t)(now + bus_ttl_for(b, env, nd));
-        m->env.deliveries = 0;
-        m->enqueue_ms = now;
-        m->sender_session = from != NULL ? from->session : 0;
-
-        if (!env->durable) {
-            hsb_err err = bus_enqueue_all(b, m, nd, now);
-            bus_count_result(b, err);
-            bus_result(&results[i], err, m->env.id);
-            if (err == HSB_OK) {
-                bus_accepted(b, m, from_agent, from != NULL ? from->agent : NULL, now);
-            }
-            bus_msg_unref(m);
-            continue;
-        }
-
-        /* Durable: commit first, queue when the store answers (bus_persist_done). */
-        if (req == NULL) {
-            req = calloc(1, sizeof(*req));
-            if (req == NULL) {
-                bus_result(&results[i], HSB_ENOMEM, 0);
-                bus_msg_unref(m);
-                continue;
-            }
-            req->cookie = cookie;
-            req->results = results;
-        }
-        bus_pending *p = calloc(1, sizeof(*p));
-        hsb_err err =
-            p == NULL ? HSB_ENOMEM : bus_idmap_put(&b->pending, m->env.id, (uint64_t)(uintptr_t)p);
-        if (err == HSB_OK) {
-            err = b->pops.save(b->pctx, m, m->env.id);
-            if (err != HSB_OK) {
-                bus_idmap_del(&b->pending, m->env.id);
-            }
-        }
-        if (err != HSB_OK) {
-            free(p);
-            bus_result(&results[i], err, 0);
-            bus_msg_unref(m);
-            continue;
-        }
-        p->req = req;
-        p->idx = i;
-        p->msg = m;
-        req->remaining++;
-        results[i].err = HSB_OK;
-        results[i].id = 0;
-        results[i].msg = NULL;
+        bus_msg *adopt = msgs != NULL ? msgs[i] : NULL;
+        const hsb_envelope *env = adopt != NULL ? &adopt->env : &envs[i];
+        bus_send_one(b, from, from_agent, env, adopt, now, i, results, cookie, &req);
     }
     if (req != NULL && req->remaining == 0) {
         free(req);
@@ -1218,6 +1235,18 @@ hsb_err bus_send(bus *b, bus_client *from, const hsb_envelope *envs, size_t n,
     }
     *pending = req != NULL;
     return HSB_OK;
+}
+
+hsb_err bus_send(bus *b, bus_client *from, const hsb_envelope *envs, size_t n,
+                 hsb_send_result *results, void *cookie, bool *pending)
+{
+    return bus_send_all(b, from, envs, NULL, n, results, cookie, pending);
+}
+
+hsb_err bus_send_msgs(bus *b, bus_client *from, bus_msg *const *msgs, size_t n,
+                      hsb_send_result *results, void *cookie, bool *pending)
+{
+    return bus_send_all(b, from, NULL, msgs, n, results, cookie, pending);
 }
 
 void bus_persist_done(bus *b, uint64_t token, hsb_err err)

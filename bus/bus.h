@@ -241,6 +241,16 @@ hsb_err bus_send(bus *b, bus_client *from, const hsb_envelope *envs, size_t n,
                  hsb_send_result *results, void *cookie, bool *pending);
 
 /*
+ * bus_send_msgs is bus_send for messages the caller has already built with bus_msg_new (a built-in
+ * agent's outbox): the bus routes msgs[i] itself instead of copying it, setting its id, from,
+ * deadline and deliveries, so the caller must not have shared it with anyone. The bus takes
+ * references of its own; the caller keeps (and later drops) the ones it holds, and must not change
+ * the messages afterwards. Results, pending and errors as bus_send.
+ */
+hsb_err bus_send_msgs(bus *b, bus_client *from, bus_msg *const *msgs, size_t n,
+                      hsb_send_result *results, void *cookie, bool *pending);
+
+/*
  * bus_fetch applies req's acks and nacks for c, then parks a fetch of up to req->max messages
  * that is answered through host_ops->deliver(cookie) at the next bus_flush with messages ready,
  * or when req->wait_ms has passed (with n = 0). External clients only.

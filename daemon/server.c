@@ -38,14 +38,16 @@ uint64_t srv_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static void srv_report_send_errors(srv_agent *a, const hsb_envelope *envs, const hsb_send_result *r,
+/* Routing errors of an agent's sends are logged (an agent has no reply to read them from). msgs
+ * names the messages when they are still at hand, else NULL. */
+static void srv_report_send_errors(srv_agent *a, bus_msg *const *msgs, const hsb_send_result *r,
                                    size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         if (r[i].err != HSB_OK) {
+            const hsb_envelope *e = msgs != NULL ? &msgs[i]->env : NULL;
             log_warn("agent_send_failed", "agent=%s to=%s type=%s topic=%s err=%s", a->conf->name,
-                     envs ? envs[i].to : "", envs ? envs[i].type : "", envs ? envs[i].topic : "",
-                     hsb_err_name(r[i].err));
+                     e ? e->to : "", e ? e->type : "", e ? e->topic : "", hsb_err_name(r[i].err));
         }
     }
 }
@@ -220,22 +222,18 @@ static hsb_err srv_store_open(srv *s)
     return HSB_OK;
 }
 
-static bool srv_scratch_grow(srv *s, size_t n)
+/* srv_results_grow makes room for n send results in the loop's reusable array. */
+static bool srv_results_grow(srv *s, size_t n)
 {
-    if (n <= s->scratch_cap) {
+    if (n <= s->results_cap) {
         return true;
     }
-    hsb_envelope *e = realloc(s->scratch_envs, n * sizeof(*e));
-    if (e == NULL) {
-        return false;
-    }
-    s->scratch_envs = e;
-    hsb_send_result *r = realloc(s->scratch_results, n * sizeof(*r));
+    hsb_send_result *r = realloc(s->results, n * sizeof(*r));
     if (r == NULL) {
         return false;
     }
-    s->scratch_results = r;
-    s->scratch_cap = n;
+    s->results = r;
+    s->results_cap = n;
     return true;
 }
 
@@ -251,14 +249,13 @@ static void srv_agent_batch(srv *s, agent_batch *b)
             bus_nack(s->bus, a->client, id, hsb_err_wire(b->results[i]));
         }
     }
-    if (b->n_out > 0 && srv_scratch_grow(s, b->n_out)) {
+    if (b->n_out > 0 && srv_results_grow(s, b->n_out)) {
         bool durable = false;
-        for (size_t i = 0; i < b->n_out; i++) {
-            s->scratch_envs[i] = b->outbox[i]->env;
-            durable = durable || b->outbox[i]->env.durable;
+        for (size_t i = 0; i < b->n_out && !durable; i++) {
+            durable = b->outbox[i]->env.durable;
         }
         srv_pending *p = NULL;
-        hsb_send_result *results = s->scratch_results;
+        hsb_send_result *results = s->results;
         if (durable) { /* the results must outlive this call */
             p = malloc(sizeof(*p) + b->n_out * sizeof(hsb_send_result));
             if (p == NULL) {
@@ -271,13 +268,14 @@ static void srv_agent_batch(srv *s, agent_batch *b)
             p->n = b->n_out;
             results = p->results;
         }
+        /* The outbox messages were built by the agent's host: the bus routes them as they are. */
         bool pending = false;
-        hsb_err err = bus_send(s->bus, a->client, s->scratch_envs, b->n_out, results, p, &pending);
+        hsb_err err = bus_send_msgs(s->bus, a->client, b->outbox, b->n_out, results, p, &pending);
         if (err != HSB_OK) {
             log_warn("agent_send_failed", "agent=%s n=%zu err=%s", a->conf->name, b->n_out,
                      hsb_err_name(err));
         } else if (!pending) {
-            srv_report_send_errors(a, s->scratch_envs, results, b->n_out);
+            srv_report_send_errors(a, b->outbox, results, b->n_out);
         }
         if (!pending) {
             free(p);
@@ -786,8 +784,7 @@ bool srv_fini(srv *s)
     s->bus = NULL;
     srv_store_close(s);
     inbox_fini(&s->ib);
-    free(s->scratch_envs);
-    free(s->scratch_results);
+    free(s->results);
     int rc = uv_loop_close(&s->loop);
     if (rc != 0) {
         log_error("loop_close_failed", "err=%s", uv_err_name(rc));

@@ -79,9 +79,8 @@ struct srv {
     uint64_t drain_deadline_ms;
     uint64_t start_ms;
 
-    hsb_envelope *scratch_envs; /* agent outbox hand-off, grown on demand */
-    hsb_send_result *scratch_results;
-    size_t scratch_cap;
+    hsb_send_result *results; /* send results of agent outboxes, grown on demand */
+    size_t results_cap;
 };
 
 /*

@@ -366,6 +366,42 @@ static void test_route_by_name(void **state)
     assert_true(bus_client_session(e) != bus_client_session(p));
 }
 
+static void test_send_msgs_routes_the_callers_message(void **state)
+{
+    (void)state;
+    bus_client *p = ext("portal");
+    bus_client *e = ext("echo");
+    hsb_envelope env = env_to("echo", HSB_PRIO_HIGH);
+    strcpy(env.from, "forged"); /* ignored: the session decides */
+    bus_msg *m = bus_msg_new(&env);
+    assert_non_null(m);
+    hsb_send_result r;
+    bool pending = true;
+    assert_int_equal(bus_send_msgs(F->b, p, &m, 1, &r, NULL, &pending), HSB_OK);
+    assert_false(pending);
+    assert_int_equal(r.err, HSB_OK);
+    assert_int_equal(m->env.id, r.id); /* routed as it is, not copied */
+    assert_string_equal(m->env.from, "portal");
+    assert_int_equal(atomic_load(&m->refs), 2); /* the caller's and the queue's */
+    bus_msg_unref(m);                           /* the caller is done with it */
+    fetch(e, 10, 0, (void *)1);
+    bus_flush(F->b);
+    assert_int_equal(F->n_got, 1);
+    assert_ptr_equal(F->got[0].msg, m); /* the same object reached the agent */
+    assert_int_equal(F->got[0].id, r.id);
+    assert_string_equal(F->got[0].from, "portal");
+
+    /* A refused message is left to the caller, reference untouched. */
+    hsb_envelope bad = env_to("nobody", HSB_PRIO_NORMAL);
+    bus_msg *n = bus_msg_new(&bad);
+    assert_non_null(n);
+    assert_int_equal(bus_send_msgs(F->b, p, &n, 1, &r, NULL, &pending), HSB_OK);
+    assert_int_equal(r.err, HSB_ENOROUTE);
+    assert_int_equal(atomic_load(&n->refs), 1);
+    assert_int_equal(n->env.id, 0);
+    bus_msg_unref(n);
+}
+
 static void test_route_by_type_exact_and_prefix(void **state)
 {
     (void)state;
@@ -1525,6 +1561,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_route_by_name),
+        T(test_send_msgs_routes_the_callers_message),
         T(test_route_by_type_exact_and_prefix),
         T(test_route_topic_fanout_shares_message),
         T(test_route_no_route),
