@@ -620,9 +620,7 @@ void gw_close(gw *g)
                     if (k->client != NULL) {
                         bus_fetch_cancel(g->b, k->client, c);
                     }
-                    gw_unpark(g, c);
-                    gw_deliver(g, k->client, c, NULL, 0);
-                    /* gw_deliver unparked again: harmless, conn is NULL now. */
+                    gw_deliver(g, k->client, c, NULL, 0); /* unparks and answers */
                 }
                 c = next;
             }

@@ -803,7 +803,7 @@ hsb_err srv_reload(srv *s, char *report, size_t len)
         return HSB_EINVAL;
     }
     char live[512], restart[512];
-    size_t n_restart = config_diff(&s->cfg, &next, live, sizeof(live), restart, sizeof(restart));
+    config_diff(&s->cfg, &next, live, sizeof(live), restart, sizeof(restart));
 
     /* Apply the live keys. */
     snprintf(s->cfg.log_level, sizeof(s->cfg.log_level), "%s", next.log_level);
@@ -842,7 +842,6 @@ hsb_err srv_reload(srv *s, char *report, size_t len)
              restart[0] ? restart : "-");
     log_info("reloaded", "file=%s applied=%s restart_needed=%s", s->cfg.file[0] ? s->cfg.file : "-",
              live[0] ? live : "-", restart[0] ? restart : "-");
-    (void)n_restart;
     return HSB_OK;
 }
 

@@ -472,7 +472,13 @@ static uint64_t hsbus_get_be(const uint8_t *p, size_t n)
     return v;
 }
 
-HSBUS_API hsbus_err hsbus_msg_set_body_bin(hsbus_msg *msg, const void *data, size_t len)
+/*
+ * hsbus_msg_set_body_sized wraps data[0..len) as a msgpack str or bin, in the smallest form that
+ * fits. fix is the fixed-size form's base (0xa0 for str; 0 for bin, which has none); first is the
+ * 8-bit form (0xd9 str, 0xc4 bin), and the 16- and 32-bit forms follow it in both families.
+ */
+static hsbus_err hsbus_msg_set_body_sized(hsbus_msg *msg, const void *data, size_t len, uint8_t fix,
+                                          uint8_t first)
 {
     uint8_t hdr[5];
     size_t hlen;
@@ -483,46 +489,31 @@ HSBUS_API hsbus_err hsbus_msg_set_body_bin(hsbus_msg *msg, const void *data, siz
     if (len > UINT32_MAX) {
         return HSBUS_ETOOBIG;
     }
-    if (len <= UINT8_MAX) {
-        hdr[0] = 0xc4;
+    if (fix != 0 && len <= 31) {
+        hdr[0] = (uint8_t)(fix | len);
+        hlen = 1;
+    } else if (len <= UINT8_MAX) {
+        hdr[0] = first;
         hlen = 2;
     } else if (len <= UINT16_MAX) {
-        hdr[0] = 0xc5;
+        hdr[0] = (uint8_t)(first + 1);
         hlen = 3;
     } else {
-        hdr[0] = 0xc6;
+        hdr[0] = (uint8_t)(first + 2);
         hlen = 5;
     }
     hsbus_put_be(hdr + 1, len, hlen - 1);
     return hsbus_msg_set_body_hdr(msg, hdr, hlen, data, len);
 }
 
+HSBUS_API hsbus_err hsbus_msg_set_body_bin(hsbus_msg *msg, const void *data, size_t len)
+{
+    return hsbus_msg_set_body_sized(msg, data, len, 0, 0xc4);
+}
+
 HSBUS_API hsbus_err hsbus_msg_set_body_str(hsbus_msg *msg, const char *data, size_t len)
 {
-    uint8_t hdr[5];
-    size_t hlen;
-
-    if (msg == NULL || (data == NULL && len > 0)) {
-        return HSBUS_EINVAL;
-    }
-    if (len > UINT32_MAX) {
-        return HSBUS_ETOOBIG;
-    }
-    if (len <= 31) {
-        hdr[0] = (uint8_t)(0xa0 | len);
-        hlen = 1;
-    } else if (len <= UINT8_MAX) {
-        hdr[0] = 0xd9;
-        hlen = 2;
-    } else if (len <= UINT16_MAX) {
-        hdr[0] = 0xda;
-        hlen = 3;
-    } else {
-        hdr[0] = 0xdb;
-        hlen = 5;
-    }
-    hsbus_put_be(hdr + 1, len, hlen - 1);
-    return hsbus_msg_set_body_hdr(msg, hdr, hlen, data, len);
+    return hsbus_msg_set_body_sized(msg, data, len, 0xa0, 0xd9);
 }
 
 HSBUS_API hsbus_err hsbus_msg_set_body_raw(hsbus_msg *msg, const void *data, size_t len)
