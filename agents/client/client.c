@@ -10,8 +10,10 @@
  *
  * Calls borrow a slot (an nng context, its aio and its own hsb_dec) from a pool of opts.contexts
  * slots and run one request/reply on it synchronously in the calling thread, so as many calls are
- * in flight as there are slots. REQ resends are disabled: a fetch may be parked at the daemon for
- * up to a minute, and a resent send would duplicate messages.
+ * in flight as there are slots. Single-message sends (hsbus_send, hsbus_reply, hsbus_request) go
+ * through the send group instead ("Grouped sends" below): concurrent callers share one send
+ * request. REQ resends are disabled: a fetch may be parked at the daemon for up to a minute, and a
+ * resent send would duplicate messages.
  *
  * Receiver threads each own a slot of their own and loop on fetch. Every fetched message goes
  * through hsbus_route_reply_locked: a reply (corr != 0) whose requester waits is handed to it; a
@@ -129,6 +131,24 @@ typedef struct hsbus_waiter {
     struct hsbus_waiter *next;
 } hsbus_waiter;
 
+/*
+ * A thread in hsbus_send or hsbus_request whose message waits in the send group (see "sending").
+ * It lives on that thread's stack; the leader that takes it writes err, res and text, then sets
+ * done. For a request the leader also registers w as a waiter, so the caller sleeps once, until
+ * the reply comes. w.cv is the caller's only condition variable.
+ */
+typedef struct hsbus_sender {
+    const hsb_envelope *env;
+    bool request;  /* register w for the reply once the daemon gave the message its id */
+    bool lead;     /* this thread leads groups (see hsbus_lead_locked) */
+    bool done;     /* err, res and text are final */
+    hsbus_err err; /* the call as a whole; HSBUS_OK means res is valid */
+    hsbus_result res;
+    char text[HSB_REASON_MAX + 1]; /* the leader's error text for a failed call */
+    hsbus_waiter w;
+    struct hsbus_sender *next;
+} hsbus_sender;
+
 typedef struct hsbus_recv {
     hsbus_client *client;
     hsbus_slot slot;
@@ -172,6 +192,10 @@ struct hsbus_client {
     hsbus_list orphans; /* replies that may belong to a request in its send phase */
     size_t sending;     /* hsbus_request calls in their send phase */
     hsbus_waiter *waiters;
+
+    hsbus_sender *group_head; /* single messages waiting for a leader to send them together */
+    hsbus_sender *group_tail;
+    unsigned group_leaders; /* threads leading groups now, at most HSBUS_GROUP_LEADERS */
 
     hsbus_handler handler;
     void *handler_arg;
@@ -1668,24 +1692,294 @@ static hsbus_err hsbus_send_envs(hsbus_client *c, const hsb_envelope *envs, size
     return err;
 }
 
+/*
+ * Grouped sends. hsbus_send, hsbus_reply and hsbus_request send one message each, and with many
+ * threads calling them a request per message would cost one nng exchange (and its thread
+ * hand-offs, on both sides) per message. So single messages queue in the client's send group; a
+ * caller that finds fewer than HSBUS_GROUP_LEADERS groups on the wire becomes a leader and sends
+ * everything queued in one send request, and callers arriving meanwhile queue behind it for the
+ * next group. An idle client therefore sends at once (no linger timer, no added latency) and a busy
+ * one sends as many messages per exchange as arrived during the previous one, like a database's
+ * group commit. A leader stops leading as soon as its own message is answered and hands the role
+ * to the first queued caller, so no caller waits for more than its group and the one before it.
+ *
+ * One message of a group can make the daemon refuse the whole request (a malformed envelope is a
+ * decode error, found before anything is routed): then each message is sent again alone, so that
+ * every caller gets the answer its own message would have had.
+ */
+#define HSBUS_GROUP_LEADERS 2                   /* grouped send requests on the wire at once */
+#define HSBUS_GROUP_BYTES   ((size_t)4 << 20)   /* a group stops growing at this many body bytes */
+#define HSBUS_GROUP_STACK   16                  /* groups up to this size need no allocation */
+
+/* hsbus_err_is_content is true for the codes of a request refused for what it contains. */
+static bool hsbus_err_is_content(hsbus_err err)
+{
+    return err >= HSBUS_EBADMSG && err <= HSBUS_ETOOBIG;
+}
+
+static void hsbus_sender_init(hsbus_client *c, hsbus_sender *s, const hsb_envelope *env,
+                              bool request)
+{
+    memset(s, 0, sizeof(*s));
+    s->env = env;
+    s->request = request;
+    pthread_cond_init(&s->w.cv, &c->cattr);
+}
+
+/* hsbus_sender_set records one message's outcome; on error the text is this thread's last one. */
+static void hsbus_sender_set(const hsbus_client *c, hsbus_sender *s, hsbus_err err,
+                             const hsbus_result *res)
+{
+    s->err = err;
+    if (err != HSBUS_OK) {
+        snprintf(s->text, sizeof(s->text), "%s", hsbus_errmsg(c));
+    } else {
+        s->res = *res;
+    }
+}
+
+/* hsbus_group_send sends the messages of batch[0..n) in one request and records each outcome.
+ * Runs without c->mtx; blocks up to the call timeout (n times that on the resend path). */
+static void hsbus_group_send(hsbus_client *c, hsbus_sender **batch, size_t n)
+{
+    hsb_envelope env_stack[HSBUS_GROUP_STACK];
+    hsbus_result res_stack[HSBUS_GROUP_STACK];
+    hsb_envelope *envs = env_stack;
+    hsbus_result *results = res_stack;
+    hsbus_err err;
+
+    if (n > HSBUS_GROUP_STACK) {
+        envs = malloc(n * sizeof(*envs));
+        results = malloc(n * sizeof(*results));
+    }
+    if (envs == NULL || results == NULL) {
+        err = hsbus_fail(c, HSBUS_ENOMEM, "no memory to send %zu messages", n);
+        for (size_t i = 0; i < n; i++) {
+            hsbus_sender_set(c, batch[i], err, NULL);
+        }
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        envs[i] = *batch[i]->env;
+    }
+    err = hsbus_send_envs(c, envs, n, results);
+    for (size_t i = 0; i < n; i++) {
+        if (n > 1 && hsbus_err_is_content(err)) {
+            hsbus_sender_set(c, batch[i], hsbus_send_envs(c, &envs[i], 1, &results[i]),
+                             &results[i]);
+        } else {
+            hsbus_sender_set(c, batch[i], err, &results[i]);
+        }
+    }
+out:
+    if (envs != env_stack) {
+        free(envs);
+    }
+    if (results != res_stack) {
+        free(results);
+    }
+}
+
+/* hsbus_claim_orphan_locked takes the stashed reply to message id (acking it), or returns NULL. */
+static hsbus_msg *hsbus_claim_orphan_locked(hsbus_client *c, uint64_t id)
+{
+    hsbus_node *n, *prev = NULL;
+    hsbus_msg *m;
+
+    for (n = c->orphans.head; n != NULL; prev = n, n = n->next) {
+        if (n->msg->corr == id) {
+            break;
+        }
+    }
+    if (n == NULL) {
+        return NULL;
+    }
+    if (prev != NULL) {
+        prev->next = n->next;
+    } else {
+        c->orphans.head = n->next;
+    }
+    if (c->orphans.tail == n) {
+        c->orphans.tail = prev;
+    }
+    c->orphans.len--;
+    m = n->msg;
+    free(n);
+    if (m->id != 0) {
+        (void)hsbus_add_ack_locked(c, m->id);
+    }
+    return m;
+}
+
+/*
+ * hsbus_finish_locked marks s answered. A request whose message was accepted becomes a waiter for
+ * its reply (unless the reply overtook the answer and waits among the orphans) and is not woken:
+ * its thread sleeps on until the reply comes. Every other sender is woken.
+ */
+static void hsbus_finish_locked(hsbus_client *c, hsbus_sender *s)
+{
+    bool wake = true;
+
+    s->done = true;
+    if (s->request) {
+        c->sending--;
+        if (s->err == HSBUS_OK && s->res.err == HSBUS_OK) {
+            s->w.id = s->res.id;
+            s->w.reply = hsbus_claim_orphan_locked(c, s->res.id);
+            if (s->w.reply == NULL) {
+                s->w.next = c->waiters;
+                c->waiters = &s->w;
+                wake = s->lead; /* a leader must wake to hand its role on */
+            }
+        }
+    }
+    if (wake) {
+        pthread_cond_signal(&s->w.cv);
+    }
+}
+
+/* hsbus_lead_group_locked sends one group from the head of the queue. Called and returns with
+ * c->mtx held; drops it while the group is on the wire. */
+static void hsbus_lead_group_locked(hsbus_client *c)
+{
+    hsbus_sender *batch[HSB_BATCH_MAX];
+    size_t max = c->max_batch >= 1 && c->max_batch <= HSB_BATCH_MAX ? c->max_batch : 1;
+    size_t n = 0, bytes = 0;
+
+    while (c->group_head != NULL && n < max) {
+        hsbus_sender *s = c->group_head;
+        if (n > 0 && bytes + s->env->body_len > HSBUS_GROUP_BYTES) {
+            break;
+        }
+        c->group_head = s->next;
+        if (c->group_head == NULL) {
+            c->group_tail = NULL;
+        }
+        batch[n++] = s;
+        bytes += s->env->body_len;
+    }
+    pthread_mutex_unlock(&c->mtx);
+    hsbus_group_send(c, batch, n);
+    pthread_mutex_lock(&c->mtx);
+    for (size_t i = 0; i < n; i++) {
+        hsbus_finish_locked(c, batch[i]); /* batch[i] may be gone once its thread wakes */
+    }
+}
+
+/* hsbus_handoff_locked ends s's lead: the first queued caller not yet leading leads instead, so
+ * queued messages always have a leader. */
+static void hsbus_handoff_locked(hsbus_client *c, hsbus_sender *s)
+{
+    s->lead = false;
+    for (hsbus_sender *q = c->group_head; q != NULL; q = q->next) {
+        if (!q->lead) {
+            q->lead = true;
+            pthread_cond_signal(&q->w.cv);
+            return;
+        }
+    }
+    c->group_leaders--;
+}
+
+/*
+ * hsbus_group_run queues s in the send group and returns when its message is answered or, for a
+ * request, when its reply came, the client closed or deadline_ms passed (only once the message is
+ * answered: a queued message cannot be withdrawn; the leader's call timeout bounds that wait).
+ * While s leads, it sends groups. Blocks. Returns HSBUS_ECLOSED, HSBUS_ETIMEDOUT (no reply in
+ * time) or HSBUS_OK; the message's own outcome is in s.
+ */
+static hsbus_err hsbus_group_run(hsbus_client *c, hsbus_sender *s, int64_t deadline_ms)
+{
+    struct timespec until = hsbus_abstime(deadline_ms);
+    hsbus_err err = HSBUS_OK;
+
+    pthread_mutex_lock(&c->mtx);
+    if (c->closing || c->lost) {
+        pthread_mutex_unlock(&c->mtx);
+        return HSBUS_ECLOSED;
+    }
+    if (s->request) {
+        c->sending++;
+        pthread_cond_broadcast(&c->queue_cv); /* a receiver paused on a full queue must fetch */
+    }
+    if (c->group_tail != NULL) {
+        c->group_tail->next = s;
+    } else {
+        c->group_head = s;
+    }
+    c->group_tail = s;
+    if (c->group_leaders < HSBUS_GROUP_LEADERS) {
+        c->group_leaders++;
+        s->lead = true;
+    }
+    for (;;) {
+        if (s->lead && !s->done && c->group_head != NULL) {
+            hsbus_lead_group_locked(c);
+            continue;
+        }
+        if (s->lead && s->done) {
+            hsbus_handoff_locked(c, s);
+        }
+        if (!s->done) {
+            /* Queued, or taken by another leader's group: its finish wakes us. */
+            pthread_cond_wait(&s->w.cv, &c->mtx);
+            continue;
+        }
+        if (!s->request || s->err != HSBUS_OK || s->res.err != HSBUS_OK || s->w.reply != NULL) {
+            break;
+        }
+        if (c->closing || c->lost) {
+            err = HSBUS_ECLOSED;
+            break;
+        }
+        if (pthread_cond_timedwait(&s->w.cv, &c->mtx, &until) == ETIMEDOUT &&
+            s->w.reply == NULL) {
+            err = HSBUS_ETIMEDOUT;
+            break;
+        }
+    }
+    for (hsbus_waiter **pp = &c->waiters; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == &s->w) {
+            *pp = s->w.next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->mtx);
+    return err;
+}
+
+/* hsbus_sender_result turns an answered sender's outcome into this thread's return and text. */
+static hsbus_err hsbus_sender_result(hsbus_client *c, const hsbus_sender *s)
+{
+    if (s->err != HSBUS_OK) {
+        return hsbus_fail(c, s->err, "%s", s->text);
+    }
+    if (s->res.err != HSBUS_OK) {
+        return hsbus_fail(c, s->res.err, "%s",
+                          s->res.msg[0] != '\0' ? s->res.msg : hsbus_strerror(s->res.err));
+    }
+    return HSBUS_OK;
+}
+
 static hsbus_err hsbus_send_one(hsbus_client *c, const hsbus_msg *msg, uint64_t *id)
 {
     hsb_envelope env;
-    hsbus_result res;
+    hsbus_sender s;
     hsbus_err err;
 
     hsbus_env_from_msg(&env, msg);
-    err = hsbus_send_envs(c, &env, 1, &res);
-    if (err != HSBUS_OK) {
-        return err;
+    hsbus_sender_init(c, &s, &env, false);
+    err = hsbus_group_run(c, &s, 0);
+    if (err == HSBUS_ECLOSED) {
+        err = hsbus_fail(c, err, "client closed or connection lost");
+    } else {
+        err = hsbus_sender_result(c, &s);
     }
-    if (res.err != HSBUS_OK) {
-        return hsbus_fail(c, res.err, "%s", res.msg[0] != '\0' ? res.msg : hsbus_strerror(res.err));
+    if (err == HSBUS_OK && id != NULL) {
+        *id = s.res.id;
     }
-    if (id != NULL) {
-        *id = res.id;
-    }
-    return HSBUS_OK;
+    pthread_cond_destroy(&s.w.cv);
+    return err;
 }
 
 HSBUS_API hsbus_err hsbus_send(hsbus_client *client, const hsbus_msg *msg, uint64_t *id)
@@ -1772,14 +2066,10 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
                                   hsbus_msg **reply)
 {
     hsbus_client *c = client;
-    hsbus_waiter w;
+    hsb_envelope env;
+    hsbus_sender s;
     hsbus_msg req;
-    hsbus_node *n, *prev;
-    struct timespec until;
     hsbus_err err;
-    uint64_t id = 0;
-    int64_t deadline;
-    bool gone;
 
     if (reply != NULL) {
         *reply = NULL;
@@ -1790,7 +2080,6 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
     if (timeout_ms <= 0) {
         timeout_ms = c->timeout_ms;
     }
-    deadline = hsbus_now_ms() + timeout_ms;
     err = hsbus_ensure(c, 1, 0);
     if (err != HSBUS_OK) {
         return err;
@@ -1799,76 +2088,23 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
     if (req.ttl_ms == 0) {
         req.ttl_ms = (uint32_t)timeout_ms;
     }
-
-    pthread_mutex_lock(&c->mtx);
-    c->sending++;
-    pthread_cond_broadcast(&c->queue_cv); /* a receiver paused on a full queue must fetch */
-    pthread_mutex_unlock(&c->mtx);
-    err = hsbus_send_one(c, &req, &id);
-
-    memset(&w, 0, sizeof(w));
-    w.id = id;
-    pthread_cond_init(&w.cv, &c->cattr);
-    pthread_mutex_lock(&c->mtx);
-    c->sending--;
-    if (err != HSBUS_OK) {
-        pthread_cond_broadcast(&c->queue_cv);
-        pthread_mutex_unlock(&c->mtx);
-        goto out;
-    }
-    /* The reply may have overtaken the send's answer: look in the orphans first. */
-    prev = NULL;
-    for (n = c->orphans.head; n != NULL; prev = n, n = n->next) {
-        if (n->msg->corr == id) {
-            break;
-        }
-    }
-    if (n != NULL) {
-        if (prev != NULL) {
-            prev->next = n->next;
+    hsbus_env_from_msg(&env, &req);
+    hsbus_sender_init(c, &s, &env, true);
+    err = hsbus_group_run(c, &s, hsbus_now_ms() + timeout_ms);
+    if (err == HSBUS_ECLOSED) {
+        err = hsbus_fail(c, err, "closed or connection lost while waiting");
+    } else if (err == HSBUS_ETIMEDOUT) {
+        err = hsbus_fail(c, err, "no reply to message %llu in %d ms",
+                         (unsigned long long)s.res.id, timeout_ms);
+    } else if ((err = hsbus_sender_result(c, &s)) == HSBUS_OK) {
+        if (strcmp(s.w.reply->type, "sys.error") == 0) {
+            err = hsbus_sys_error(c, s.w.reply);
+            hsbus_msg_free(&s.w.reply);
         } else {
-            c->orphans.head = n->next;
-        }
-        if (c->orphans.tail == n) {
-            c->orphans.tail = prev;
-        }
-        c->orphans.len--;
-        w.reply = n->msg;
-        free(n);
-        if (w.reply->id != 0) {
-            (void)hsbus_add_ack_locked(c, w.reply->id);
-        }
-    } else {
-        w.next = c->waiters;
-        c->waiters = &w;
-        until = hsbus_abstime(deadline);
-        while (w.reply == NULL && !c->closing && !c->lost) {
-            if (pthread_cond_timedwait(&w.cv, &c->mtx, &until) == ETIMEDOUT) {
-                break;
-            }
-        }
-        for (hsbus_waiter **pp = &c->waiters; *pp != NULL; pp = &(*pp)->next) {
-            if (*pp == &w) {
-                *pp = w.next;
-                break;
-            }
+            *reply = s.w.reply;
         }
     }
-    gone = c->closing || c->lost;
-    pthread_mutex_unlock(&c->mtx);
-
-    if (w.reply == NULL) {
-        err = gone ? hsbus_fail(c, HSBUS_ECLOSED, "closed or connection lost while waiting")
-                   : hsbus_fail(c, HSBUS_ETIMEDOUT, "no reply to message %llu in %d ms",
-                                (unsigned long long)id, timeout_ms);
-    } else if (strcmp(w.reply->type, "sys.error") == 0) {
-        err = hsbus_sys_error(c, w.reply);
-        hsbus_msg_free(&w.reply);
-    } else {
-        *reply = w.reply;
-    }
-out:
-    pthread_cond_destroy(&w.cv);
+    pthread_cond_destroy(&s.w.cv);
     return err;
 }
 

@@ -9,7 +9,10 @@
  * Model. A client is one nng REQ socket with exactly one pipe (connection) to the daemon. hello
  * binds that pipe to the agent name, so every request the client makes acts as that agent. The
  * client keeps a pool of nng contexts, so calls from several threads are in flight at once (16
- * threads calling hsbus_request pipeline; they do not queue behind each other).
+ * threads calling hsbus_request pipeline; they do not queue behind each other). Single messages
+ * sent from several threads at once (hsbus_send, hsbus_reply, hsbus_request) are grouped: while
+ * one send request is on the wire, the messages that arrive queue and go out together in the
+ * next one, each still answered on its own. An idle client sends at once.
  *
  * Receiving. Three styles share one path:
  *   - blocking: hsbus_fetch returns owned messages; hsbus_ack / hsbus_nack settle them, and the
