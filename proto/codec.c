@@ -1280,6 +1280,18 @@ static inline __attribute__((always_inline)) int proto_wb_uint(proto_wbuf *w, pr
     return proto_wb_key(w, k) | proto_wb_pack_uint64(w, v);
 }
 
+size_t hsb_enc_envelope_bound(const hsb_envelope *env)
+{
+    /* A map16 header, then at most 14 keys, each with a header and a name of at most 10 bytes,
+     * and a value header of at most 9 bytes (uint64, int64, str8): 3 + 14 * 20. */
+    size_t n = 3 + 14 * 20;
+
+    n += strnlen(env->cid, sizeof(env->cid)) + strnlen(env->from, sizeof(env->from)) +
+         strnlen(env->to, sizeof(env->to)) + strnlen(env->type, sizeof(env->type)) +
+         strnlen(env->topic, sizeof(env->topic)) + strnlen(env->batch, sizeof(env->batch));
+    return n + (env->body != NULL ? env->body_len : 0);
+}
+
 hsb_err hsb_enc_envelope(msgpack_packer *pk, const hsb_envelope *env)
 {
     bool has_body = env->body != NULL && env->body_len > 0;

@@ -201,6 +201,13 @@ hsb_err hsb_enc_error_reply(msgpack_packer *pk, hsb_err err, const char *msg);
 hsb_err hsb_enc_envelope(msgpack_packer *pk, const hsb_envelope *env);
 
 /*
+ * hsb_enc_envelope_bound returns a number of bytes that hsb_enc_envelope(env) never exceeds
+ * (within about 150 bytes of the exact size). Senders reserve a message's buffer with it once:
+ * nng 1.5 zeroes and copies the whole buffer each time a message grows. Any thread.
+ */
+size_t hsb_enc_envelope_bound(const hsb_envelope *env);
+
+/*
  * Streaming forms for the broker, which answers from its own structures without building arrays:
  * hsb_enc_fetch_reply_begin(pk, n) then n hsb_enc_envelope calls;
  * hsb_enc_send_reply_begin(pk, n) then n hsb_enc_send_result calls.

@@ -742,6 +742,14 @@ static hsbus_err hsbus_call(hsbus_client *c, hsbus_slot *s, const hsb_request *r
     if (rv != 0) {
         return hsbus_fail_nng(c, rv, "nng_msg_alloc");
     }
+    if (req->op == HSB_OP_SEND) {
+        /* One reservation: nng 1.5 zeroes and copies the whole buffer on every growth. */
+        size_t reserve = 32;
+        for (size_t i = 0; i < req->u.send.n_msgs; i++) {
+            reserve += hsb_enc_envelope_bound(&req->u.send.msgs[i]);
+        }
+        (void)nng_msg_reserve(m, reserve); /* a hint: hsb_nng_write still grows on its own */
+    }
     msgpack_packer_init(&pk, m, hsb_nng_write);
     if (hsb_enc_request(&pk, req) != HSB_OK) {
         nng_msg_free(m);

@@ -1323,10 +1323,53 @@ static void test_op_names(void **state)
 
 #define N_REJ (sizeof(rej_cases) / sizeof(rej_cases[0]))
 
+/* hsb_enc_envelope_bound is an upper bound for the largest envelope (every field at its
+ * widest) and for the smallest, and stays close to the exact size. */
+static void test_envelope_bound(void **state)
+{
+    static uint8_t body[300];
+    hsb_envelope env;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+
+    (void)state;
+    for (int full = 0; full <= 1; full++) {
+        hsb_envelope_init(&env);
+        env.prio = 2;
+        snprintf(env.to, sizeof(env.to), "a");
+        if (full) {
+            env.id = UINT64_MAX;
+            env.corr = UINT64_MAX;
+            env.deadline = INT64_MIN;
+            env.ttl_ms = UINT32_MAX;
+            env.deliveries = UINT32_MAX;
+            env.durable = true;
+            memset(env.cid, 'c', HSB_CID_MAX);
+            memset(env.from, 'f', HSB_NAME_MAX);
+            memset(env.to, 't', HSB_NAME_MAX);
+            memset(env.type, 'y', HSB_NAME_MAX);
+            memset(env.topic, 'p', HSB_NAME_MAX);
+            memset(env.batch, 'b', HSB_NAME_MAX);
+            body[0] = 0xc5; /* bin16 of 297 bytes */
+            body[1] = 0x01;
+            body[2] = 0x29;
+            env.body = body;
+            env.body_len = sizeof(body);
+        }
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        assert_int_equal(hsb_enc_envelope(&pk, &env), HSB_OK);
+        assert_true(sb.size <= hsb_enc_envelope_bound(&env));
+        assert_true(hsb_enc_envelope_bound(&env) - sb.size < 300);
+        msgpack_sbuffer_destroy(&sb);
+    }
+}
+
 int main(void)
 {
     static const struct CMUnitTest fixed[] = {
         cmocka_unit_test(test_truncated_every_prefix),
+        cmocka_unit_test(test_envelope_bound),
         cmocka_unit_test(test_trailing_bytes),
         cmocka_unit_test(test_not_a_map),
         cmocka_unit_test(test_invalid_type_byte),
