@@ -223,6 +223,7 @@ static hsb_err store_dlq_take_run(store_conn *c, void *arg)
             store_dlq_rec r;
             store_dlq_rec_from_row(s->stmt, &r);
             size_t al = strlen(r.agent), rl = strlen(r.reason);
+            free(j->copy); /* a replayed group runs this again */
             j->copy = malloc(r.envelope_len + al + rl + 2);
             if (j->copy == NULL) {
                 err = HSB_ENOMEM;

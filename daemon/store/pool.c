@@ -312,9 +312,28 @@ static size_t store_pool_take_locked(store_pool *p, size_t max, store_job **firs
     return n;
 }
 
-/* Runs jobs each in a savepoint. Returns false when SQLite rolled the whole transaction back on
- * its own (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM...): the group is lost, the rest is skipped. */
-static bool store_pool_run_jobs(store_conn *w, store_job *j)
+/*
+ * The fast pass: runs jobs back to back in the group's transaction, without savepoints. A
+ * SAVEPOINT and a RELEASE per job cost two more statements on the writer thread, and they are
+ * needed only when a job fails, which is rare. Stops at the first job that fails and returns it
+ * (its err set); NULL when every job succeeded. The caller then either replays the group with
+ * savepoints (store_pool_run_safe) or, when SQLite lost the transaction itself, fails the group.
+ */
+static store_job *store_pool_run_fast(store_conn *w, store_job *j)
+{
+    for (; j != NULL; j = j->next) {
+        j->err = j->run != NULL ? j->run(w, j->arg) : HSB_OK;
+        if (j->err != HSB_OK) {
+            return j;
+        }
+    }
+    return NULL;
+}
+
+/* The safe pass: runs jobs each in a savepoint, so that a failing job is rolled back alone.
+ * Returns false when SQLite rolled the whole transaction back on its own (SQLITE_FULL,
+ * SQLITE_IOERR, SQLITE_NOMEM...): the group is lost, the rest is skipped (err = HSB_EIO). */
+static bool store_pool_run_safe(store_conn *w, store_job *j)
 {
     for (; j != NULL; j = j->next) {
         if (j->run == NULL) {
@@ -340,10 +359,52 @@ static bool store_pool_run_jobs(store_conn *w, store_job *j)
     return true;
 }
 
+/*
+ * Runs jobs (appended to the group) in the current pass. In the fast pass, a failing job makes
+ * the writer roll the transaction back and run the whole group again, jobs..last included, in the
+ * safe pass: the failing job then fails alone with its own error and every other job still
+ * commits with the group. The group stays in the safe pass (*safe) until its COMMIT. Returns
+ * false when the group is lost (every job not yet failed gets HSB_EIO at COMMIT time).
+ */
+static bool store_pool_run_more(store_pool *p, store_job *group, store_job *jobs, bool *safe)
+{
+    store_conn *w = &p->writer;
+
+    if (*safe) {
+        return store_pool_run_safe(w, jobs);
+    }
+    store_job *failed = store_pool_run_fast(w, jobs);
+    if (failed == NULL) {
+        return true;
+    }
+    if (sqlite3_get_autocommit(w->db)) {
+        /* SQLite rolled everything back by itself: as in the safe pass, the group is lost. */
+        for (store_job *j = failed->next; j != NULL; j = j->next) {
+            j->err = HSB_EIO;
+        }
+        return false;
+    }
+    *safe = true;
+    sqlite3_exec(w->db, "ROLLBACK", NULL, NULL, NULL);
+    if (p->hooks.before_replay != NULL) {
+        p->hooks.before_replay(p->hooks.arg);
+    }
+    /* The tables written so far stay recorded: a superset only invalidates a little more. */
+    hsb_err err = store_pool_exec_simple(w, "BEGIN IMMEDIATE");
+    if (err != HSB_OK) {
+        for (store_job *j = group; j != NULL; j = j->next) {
+            j->err = err == HSB_EBUSY ? HSB_EIO : err;
+        }
+        return false;
+    }
+    return store_pool_run_safe(w, group);
+}
+
 static void store_pool_run_group(store_pool *p, store_job *jobs, store_job *last, size_t n)
 {
     store_conn *w = &p->writer;
     bool committed = false;
+    bool safe = false;
     hsb_err err;
     uint64_t commit_ns = 0;
     uint64_t run_ns = 0;
@@ -361,7 +422,7 @@ static void store_pool_run_group(store_pool *p, store_job *jobs, store_job *last
         }
         goto hooks;
     }
-    bool alive = store_pool_run_jobs(w, jobs);
+    bool alive = store_pool_run_more(p, jobs, jobs, &safe);
     /* Late joiners: jobs queued while these ran share this COMMIT (and its fsync) too. */
     while (alive && n < p->cfg.group_max) {
         store_job *more, *more_last;
@@ -374,7 +435,7 @@ static void store_pool_run_group(store_pool *p, store_job *jobs, store_job *last
         last->next = more;
         last = more_last;
         n += m;
-        alive = store_pool_run_jobs(w, more);
+        alive = store_pool_run_more(p, jobs, more, &safe);
     }
     if (p->hooks.before_commit != NULL && (w->n_written > 0 || w->written_all)) {
         p->hooks.before_commit(p->hooks.arg, w->written, w->n_written, w->written_all);
@@ -412,6 +473,9 @@ hooks:
     p->st.groups++;
     if (!committed) {
         p->st.groups_failed++;
+    }
+    if (safe) {
+        p->st.replays++;
     }
     if (n > p->st.max_group) {
         p->st.max_group = n;

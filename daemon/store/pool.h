@@ -3,11 +3,14 @@
  *
  * Writes. One thread, the writer, owns the only write connection. Other threads never run SQL on
  * it: they submit write jobs (store_pool_submit) to a bounded queue. The writer takes everything
- * queued (up to group_max jobs), opens one transaction (BEGIN IMMEDIATE), runs every job inside
- * its own SAVEPOINT, takes the jobs queued meanwhile (late joiners) into the same transaction, and
- * COMMITs once: one fsync for the whole group. A job whose run function fails is rolled back to its
- * savepoint alone, so it does not fail the others; if SQLite rolls the whole transaction back by
- * itself (SQLITE_FULL, SQLITE_IOERR...), every job of the group fails. After the COMMIT
+ * queued (up to group_max jobs), opens one transaction (BEGIN IMMEDIATE), runs the jobs one after
+ * the other, takes the jobs queued meanwhile (late joiners) into the same transaction, and COMMITs
+ * once: one fsync for the whole group. Jobs run without savepoints as long as they succeed (a
+ * SAVEPOINT and a RELEASE per job would double the statements the writer runs). When one fails,
+ * the writer rolls the transaction back and replays the whole group with each job inside its own
+ * SAVEPOINT: the failing job is rolled back to its savepoint alone and gets its own error, the
+ * others commit. If SQLite rolls the whole transaction back by itself (SQLITE_FULL,
+ * SQLITE_IOERR...), every job of the group fails. After the COMMIT
  * (or the failed COMMIT) the writer calls the pool's hooks (the query cache's invalidation, the
  * audit chain's bookkeeping) and then every job's completion, in submission order, on the writer
  * thread, with no lock held. A completion therefore always means "committed" (HSB_OK) or "not
@@ -50,10 +53,12 @@ typedef struct store_conn {
 } store_conn;
 
 /*
- * A write job. run executes the job's statements on the writer connection inside a savepoint of
- * the group transaction; it returns HSB_OK to keep them or an error to roll them back (the error is
- * then the job's result). run must not COMMIT, ROLLBACK or BEGIN, and must not block on anything
- * but SQLite. done (may be NULL) is called exactly once with the job's result, after the group's
+ * A write job. run executes the job's statements on the writer connection inside the group's
+ * transaction; it returns HSB_OK to keep them or an error to roll them back (the error is then the
+ * job's result). run must not COMMIT, ROLLBACK or BEGIN, and must not block on anything but SQLite.
+ * run may be called more than once for one job (another job of its group failed, and the group is
+ * replayed in a new transaction): whatever it keeps outside the database must be overwritten, not
+ * accumulated, on each call, or be undone by the before_replay hook. done (may be NULL) is called exactly once with the job's result, after the group's
  * COMMIT returned, on the writer thread, without locks held; it owns arg again from then on.
  * done may submit further jobs (they go into a later group) but must not wait for them.
  */
@@ -66,10 +71,14 @@ typedef void (*store_job_done_fn)(void *arg, hsb_err err);
  * wrote (all = true when a statement changed the schema, or the set is unknown).
  * after_group: COMMIT returned (committed) or the group was rolled back (!committed); same tables.
  * Both run before any completion of the group.
+ * before_replay (may be NULL): a job failed, the group's transaction was rolled back and its jobs
+ * are about to run again, each in a savepoint; state the jobs' runs derived from the rolled-back
+ * statements must return to the last commit.
  */
 typedef struct store_pool_hooks {
     void (*before_commit)(void *arg, const char *const *tables, size_t n, bool all);
     void (*after_group)(void *arg, bool committed, const char *const *tables, size_t n, bool all);
+    void (*before_replay)(void *arg);
     void *arg;
 } store_pool_hooks;
 
@@ -87,6 +96,7 @@ typedef struct store_pool_stats {
     uint64_t jobs_failed;   /* completed with an error */
     uint64_t groups;        /* transactions */
     uint64_t groups_failed; /* transactions whose BEGIN or COMMIT failed */
+    uint64_t replays;       /* groups rolled back and run again with savepoints (a job failed) */
     uint64_t max_group;     /* largest group */
     double avg_group;       /* jobs / groups */
     uint64_t commit_ns;     /* total time in COMMIT (the fsync) */

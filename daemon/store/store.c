@@ -42,6 +42,12 @@ static void store_hook_after_group(void *arg, bool committed, const char *const 
     store_audit_after_group(st, committed);
 }
 
+/* The audit chain's pending head advanced with the rolled-back appends: back to the committed one. */
+static void store_hook_before_replay(void *arg)
+{
+    store_audit_after_group(arg, false);
+}
+
 hsb_err store_open(const store_config *cfg, store **out)
 {
     store_config defaults;
@@ -100,6 +106,7 @@ hsb_err store_open(const store_config *cfg, store **out)
     store_pool_hooks hooks = {
         .before_commit = store_hook_before_commit,
         .after_group = store_hook_after_group,
+        .before_replay = store_hook_before_replay,
         .arg = st,
     };
     store_pool_set_hooks(st->pool, &hooks);

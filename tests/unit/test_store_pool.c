@@ -1,7 +1,7 @@
 /*
  * tests/unit/test_store_pool.c - the store's pool against a real SQLite file in a temp dir:
  * group commit (completions only after COMMIT, groups of more than one job, a failing job rolled
- * back alone), reader checkout and timeout, the statement cache, migrations on reopen, close.
+ * back alone, the replay of a group with savepoints after a failure), reader checkout and timeout, the statement cache, migrations on reopen, close.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -267,6 +267,145 @@ static void test_failing_job_rolled_back_alone(void **state)
                                  count_row, &n),
                      HSB_OK);
     assert_int_equal(n, 2); /* 1 and 3; the failing job's 2 was rolled back with it */
+    pthread_cond_destroy(&g.cv);
+    pthread_mutex_destroy(&g.mu);
+}
+
+/* ---- replay: a failing job makes the writer run its group again, with savepoints ------ */
+
+typedef struct replay_job {
+    sqlite3 *check; /* raw read connection, used by the completion (writer thread) */
+    int runs;       /* how many times run was called */
+    hsb_err err;
+    int visible; /* rows with id 10 seen by the completion: 1 once committed */
+} replay_job;
+
+static hsb_err replay_run(store_conn *c, void *arg)
+{
+    replay_job *j = arg;
+    j->runs++;
+    return store_conn_exec(c, "INSERT INTO r(id) VALUES (10)", NULL, 0, NULL);
+}
+
+static void replay_done(void *arg, hsb_err err)
+{
+    replay_job *j = arg;
+    sqlite3_stmt *q;
+    j->err = err;
+    /* Another connection sees only committed data: the completion must come after the COMMIT. */
+    sqlite3_prepare_v2(j->check, "SELECT count(*) FROM r WHERE id = 10", -1, &q, NULL);
+    if (sqlite3_step(q) == SQLITE_ROW) {
+        j->visible = sqlite3_column_int(q, 0);
+    }
+    sqlite3_finalize(q);
+}
+
+typedef struct take_result {
+    hsb_err err;
+    uint64_t msg_id;
+    char reason[16];
+} take_result;
+
+static void replay_take_done(void *arg, hsb_err err, const store_dlq_rec *rec)
+{
+    take_result *t = arg;
+    t->err = err;
+    if (rec != NULL) {
+        t->msg_id = rec->msg_id;
+        snprintf(t->reason, sizeof(t->reason), "%s", rec->reason);
+    }
+}
+
+static bool dlq_first_id(void *arg, const store_dlq_rec *rec)
+{
+    *(uint64_t *)arg = rec->id;
+    return false;
+}
+
+/*
+ * One group (held together behind a gate) with two failing jobs among jobs of every kind: the
+ * fast pass stops at the first failure, the writer rolls back and replays the group with
+ * savepoints. Each failing job reports its own error; every other job commits, its completion
+ * sees its row committed, the audit chain has no gap (the rolled-back appends were forgotten) and
+ * the dead letter taken in the rolled-back pass is taken again (its copy freed: ASan).
+ */
+static void test_replay_failing_jobs_alone(void **state)
+{
+    fixture *f = *state;
+    gate g;
+    replay_job rj = {.err = HSB_EINTERNAL};
+    take_result tk = {.err = HSB_EINTERNAL};
+    hsb_err e_a1 = HSB_EINTERNAL, e_a2 = HSB_EINTERNAL, e_dup = HSB_EINTERNAL;
+    hsb_err e_txn = HSB_EINTERNAL, e_2 = HSB_EINTERNAL, e_3 = HSB_EINTERNAL;
+    hsb_err e_dlq = HSB_EINTERNAL;
+    store_pool_stats before, after;
+    store_audit_report rep;
+    uint64_t dl_id = 0, dl_count = 99;
+    int64_t n = -1;
+
+    create_table(f->st, "CREATE TABLE r(id INTEGER PRIMARY KEY)");
+    store_dlq_rec rec = {.msg_id = 77, .agent = "a", .reason = "expired", .envelope = "env",
+                         .envelope_len = 3};
+    assert_int_equal(store_dlq_add(f->st, &rec, 0, record_err, &e_dlq), HSB_OK);
+    assert_int_equal(store_sync(f->st), HSB_OK);
+    assert_int_equal(e_dlq, HSB_OK);
+    assert_int_equal(store_dlq_list(f->st, 0, 1, dlq_first_id, &dl_id), HSB_OK);
+    assert_true(dl_id > 0);
+    assert_int_equal(sqlite3_open_v2(f->db.path, &rj.check, SQLITE_OPEN_READONLY, NULL),
+                     SQLITE_OK);
+    store_pool_stats_get(store_pool_of(f->st), &before);
+
+    gate_hold(f->st, &g);
+    hsb_stmt dup = {"INSERT INTO r(id) VALUES (10)", NULL, 0}; /* after replay_run's: fails */
+    hsb_stmt two = {"INSERT INTO r(id) VALUES (2)", NULL, 0};
+    hsb_stmt txn = {"SAVEPOINT mine", NULL, 0}; /* transaction control: refused */
+    hsb_stmt three = {"INSERT INTO r(id) VALUES (3)", NULL, 0};
+    assert_int_equal(store_audit_append(f->st, "replay", "first", 0, record_err, &e_a1), HSB_OK);
+    assert_int_equal(store_dlq_take(f->st, dl_id, replay_take_done, &tk), HSB_OK);
+    assert_int_equal(store_pool_submit(store_pool_of(f->st), replay_run, replay_done, &rj, 0),
+                     HSB_OK);
+    assert_int_equal(store_write(f->st, &dup, 1, 0, record_err, &e_dup), HSB_OK);
+    assert_int_equal(store_audit_append(f->st, "replay", "second", 0, record_err, &e_a2), HSB_OK);
+    assert_int_equal(store_write(f->st, &two, 1, 0, record_err, &e_2), HSB_OK);
+    assert_int_equal(store_write(f->st, &txn, 1, 0, record_err, &e_txn), HSB_OK);
+    assert_int_equal(store_write(f->st, &three, 1, 0, record_err, &e_3), HSB_OK);
+    gate_release(&g);
+    assert_int_equal(store_sync(f->st), HSB_OK);
+
+    /* The failing jobs fail alone, each with its own error. */
+    assert_int_equal(e_dup, HSB_EIO);
+    assert_int_equal(e_txn, HSB_EINVAL);
+    /* Everything else committed, and completions ran after the COMMIT. */
+    assert_int_equal(e_a1, HSB_OK);
+    assert_int_equal(e_a2, HSB_OK);
+    assert_int_equal(e_2, HSB_OK);
+    assert_int_equal(e_3, HSB_OK);
+    assert_int_equal(rj.err, HSB_OK);
+    assert_int_equal(rj.visible, 1);
+    assert_int_equal(rj.runs, 2); /* the fast pass, then the replay */
+    assert_int_equal(tk.err, HSB_OK);
+    assert_int_equal(tk.msg_id, 77);
+    assert_string_equal(tk.reason, "expired");
+
+    store_pool_stats_get(store_pool_of(f->st), &after);
+    assert_int_equal(after.replays, before.replays + 1);
+    assert_int_equal(after.groups_failed, before.groups_failed);
+    assert_int_equal(after.jobs_failed, before.jobs_failed + 2);
+    assert_true(after.max_group >= 9); /* the gate and the 8 jobs in one transaction */
+
+    assert_int_equal(store_query(f->st, "SELECT count(*) FROM r", NULL, 0, 0, STORE_QUERY_NOCACHE,
+                                 count_row, &n),
+                     HSB_OK);
+    assert_int_equal(n, 3); /* 10, 2, 3 */
+    assert_int_equal(store_dlq_count(f->st, &dl_count), HSB_OK);
+    assert_int_equal(dl_count, 0);
+    /* The chain has seq 1 and 2, linked: the appends of the rolled-back pass left no trace. */
+    assert_int_equal(store_audit_verify(f->st, &rep), HSB_OK);
+    assert_true(rep.ok);
+    assert_int_equal(rep.rows, 2);
+    assert_int_equal(rep.last_seq, 2);
+
+    sqlite3_close(rj.check);
     pthread_cond_destroy(&g.cv);
     pthread_mutex_destroy(&g.mu);
 }
@@ -646,6 +785,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_job_rolled_back_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replay_failing_jobs_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lost_transaction_fails_group, setup, teardown),
         cmocka_unit_test_setup_teardown(test_txn_control_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_synchronous_and_wal, setup, teardown),
