@@ -646,7 +646,15 @@ hsb_err srv_init(srv *s, const config *cfg, const char *const *sets, size_t n_se
                   s->cfg.data_dir, strerror(errno));
         return HSB_EIO;
     }
+    /* Before anything is opened: a second daemon on these directories stops here. */
+    const char *dirs[] = {s->cfg.run_dir, s->cfg.data_dir};
+    char why[600];
+    if (dirlock_acquire(&s->lock, dirs, 2, why, sizeof(why)) != HSB_OK) {
+        log_error("dir_locked", "err=\"%s\"", why);
+        return HSB_EBUSY;
+    }
     if (uv_loop_init(&s->loop) != 0) {
+        dirlock_release(&s->lock);
         return HSB_EIO;
     }
     hsb_err err = inbox_init(&s->ib, &s->loop, srv_inbox_handle, s);
@@ -760,6 +768,7 @@ fail_store:
     inbox_fini(&s->ib);
 fail_loop:
     uv_loop_close(&s->loop);
+    dirlock_release(&s->lock);
     return err;
 }
 
@@ -788,9 +797,11 @@ bool srv_fini(srv *s)
     int rc = uv_loop_close(&s->loop);
     if (rc != 0) {
         log_error("loop_close_failed", "err=%s", uv_err_name(rc));
+        dirlock_release(&s->lock);
         return false;
     }
     log_info("stopped", NULL);
+    dirlock_release(&s->lock); /* last: the next daemon may start once this one is gone */
     return true;
 }
 

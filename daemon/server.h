@@ -24,6 +24,7 @@
 #include "agents/host.h"
 #include "bus/bus.h"
 #include "daemon/config.h"
+#include "daemon/dirlock.h"
 #include "daemon/gateway.h"
 #include "daemon/inbox.h"
 
@@ -81,6 +82,7 @@ struct srv {
 
     hsb_send_result *results; /* send results of agent outboxes, grown on demand */
     size_t results_cap;
+    dirlock lock; /* run and data directories, held from srv_init to srv_fini */
 };
 
 /*
