@@ -19,7 +19,10 @@
  * The machine's fsync time drifts, so the workloads run in interleaved rounds (5, or 1 with
  * --short) and each total is summed over its rounds.
  *
- * Output: a human table, then one JSON line. Percentiles come from every sample, sorted.
+ * Output: a human table, then one JSON line. Percentiles come from every sample, sorted. Each
+ * workload also reports the process's CPU time per operation (every thread), and the writes the
+ * store writer thread's CPU time per row: on 2 shared cores these move much less with the other
+ * load on the machine than the rates do, so they show what a change to the writer costs or saves.
  * Usage: bench-store [--short] [--dir DIR] [--seconds S] [--writers N] [--window W] [--writes-only]
  */
 #include <pthread.h>
@@ -28,6 +31,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -55,6 +60,58 @@ static uint64_t bench_store_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* CPU time (user + system) of the whole process, every thread: what a workload costs on this
+ * machine's 2 cores, and unlike the rates, not changed much by other processes on the machine. */
+static uint64_t bench_store_cpu_ns(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ((uint64_t)ru.ru_utime.tv_sec + (uint64_t)ru.ru_stime.tv_sec) * 1000000000ull +
+           ((uint64_t)ru.ru_utime.tv_usec + (uint64_t)ru.ru_stime.tv_usec) * 1000ull;
+}
+
+/* CPU time of the process's thread named comm (the store's writer is "hsb-store-w"), from
+ * /proc/self/task/TID/schedstat (Linux); 0 when there is none. The writer is the thread every write
+ * waits for, so its CPU time per row is what bounds group commit on a machine with few cores. */
+static uint64_t bench_store_thread_cpu_ns(const char *comm)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    uint64_t ns = 0;
+    char path[300], buf[64];
+
+    if (d == NULL) {
+        return 0;
+    }
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') {
+            continue;
+        }
+        snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f == NULL) {
+            continue;
+        }
+        bool match = fgets(buf, sizeof(buf), f) != NULL && strncmp(buf, comm, strlen(comm)) == 0 &&
+                     (buf[strlen(comm)] == '\n' || buf[strlen(comm)] == '\0');
+        fclose(f);
+        if (!match) {
+            continue;
+        }
+        snprintf(path, sizeof(path), "/proc/self/task/%s/schedstat", e->d_name);
+        f = fopen(path, "r");
+        unsigned long long v = 0;
+        if (f != NULL && fscanf(f, "%llu", &v) == 1) {
+            ns += v;
+        }
+        if (f != NULL) {
+            fclose(f);
+        }
+    }
+    closedir(d);
+    return ns;
 }
 
 /* ---- latency samples -------------------------------------------------------------------- */
@@ -99,6 +156,8 @@ typedef struct bench_store_result {
     const char *name;
     uint64_t ops;
     double secs;
+    uint64_t cpu_ns;     /* process CPU time over every round */
+    uint64_t writer_ns;  /* the store writer thread's CPU time over every round */
     bench_store_lat lat; /* every sample of every round */
     double p50_us, p99_us;
 } bench_store_result;
@@ -126,6 +185,16 @@ static void bench_store_result_finish(bench_store_result *r)
 static double bench_store_rate(const bench_store_result *r)
 {
     return r->secs > 0 ? (double)r->ops / r->secs : 0.0;
+}
+
+static double bench_store_cpu_us(const bench_store_result *r)
+{
+    return r->ops > 0 ? (double)r->cpu_ns / 1e3 / (double)r->ops : 0.0;
+}
+
+static double bench_store_writer_us(const bench_store_result *r)
+{
+    return r->ops > 0 ? (double)r->writer_ns / 1e3 / (double)r->ops : 0.0;
 }
 
 /* ---- (a) reads -------------------------------------------------------------------------- */
@@ -175,6 +244,7 @@ static int bench_store_reads(store *st, unsigned flags, double secs, bench_store
     bench_store_reader rd[BENCH_STORE_READERS];
     pthread_t th[BENCH_STORE_READERS];
     uint64_t t0 = bench_store_now_ns();
+    uint64_t c0 = bench_store_cpu_ns();
     uint64_t errors = 0;
 
     for (int i = 0; i < BENCH_STORE_READERS; i++) {
@@ -194,6 +264,7 @@ static int bench_store_reads(store *st, unsigned flags, double secs, bench_store
         free(rd[i].lat.v);
     }
     res->secs += (double)(bench_store_now_ns() - t0) / 1e9;
+    res->cpu_ns += bench_store_cpu_ns() - c0;
     if (errors > 0) {
         fprintf(stderr, "bench-store: %llu read errors\n", (unsigned long long)errors);
         return -1;
@@ -292,6 +363,8 @@ static int bench_store_group_writes(store *st, int writers, int window, double s
     pthread_t *th = calloc((size_t)writers, sizeof(*th));
     uint64_t errors = 0;
     uint64_t t0 = bench_store_now_ns();
+    uint64_t c0 = bench_store_cpu_ns();
+    uint64_t wc0 = bench_store_thread_cpu_ns("hsb-store-w");
 
     for (int i = 0; i < writers; i++) {
         w[i].st = st;
@@ -320,6 +393,8 @@ static int bench_store_group_writes(store *st, int writers, int window, double s
         pthread_mutex_destroy(&w[i].mu);
     }
     res->secs += (double)(bench_store_now_ns() - t0) / 1e9;
+    res->cpu_ns += bench_store_cpu_ns() - c0;
+    res->writer_ns += bench_store_thread_cpu_ns("hsb-store-w") - wc0;
     free(w);
     free(th);
     if (errors > 0) {
@@ -352,6 +427,7 @@ static int bench_store_ref(const char *path, int per_txn, double secs, bench_sto
         goto out;
     }
     uint64_t t0 = bench_store_now_ns();
+    uint64_t c0 = bench_store_cpu_ns();
     uint64_t until = t0 + (uint64_t)(secs * 1e9);
     while (bench_store_now_ns() < until) {
         uint64_t t1 = bench_store_now_ns();
@@ -375,6 +451,7 @@ static int bench_store_ref(const char *path, int per_txn, double secs, bench_sto
         res->ops += (uint64_t)per_txn;
     }
     res->secs += (double)(bench_store_now_ns() - t0) / 1e9;
+    res->cpu_ns += bench_store_cpu_ns() - c0;
     rc = 0;
 out:
     sqlite3_finalize(ins);
@@ -550,14 +627,16 @@ int main(int argc, char **argv)
     printf("bench-store (%s, %.2f s per workload in %d interleaved rounds, %d readers, %d writers, "
            "synchronous=FULL, WAL)\n",
            o.short_run ? "short" : "full", o.seconds, rounds, BENCH_STORE_READERS, o.writers);
-    printf("%-26s %14s %10s %10s\n", "workload", "ops/s", "p50 us", "p99 us");
+    printf("%-26s %14s %10s %10s %10s\n", "workload", "ops/s", "p50 us", "p99 us", "CPU us/op");
     const bench_store_result *all[] = {&rd_unc, &rd_c, &wr, &wp, &r1, &r100, &rw};
     for (size_t i = 0; i < 7; i++) {
-        printf("%-26s %14.0f %10.1f %10.1f\n", all[i]->name, bench_store_rate(all[i]),
-               all[i]->p50_us, all[i]->p99_us);
+        printf("%-26s %14.0f %10.1f %10.1f %10.2f\n", all[i]->name, bench_store_rate(all[i]),
+               all[i]->p50_us, all[i]->p99_us, bench_store_cpu_us(all[i]));
     }
     printf("writer per group: run %.0f us, COMMIT %.0f us, completions %.0f us\n", run_us,
            commit_us, done_us);
+    printf("writer thread CPU per row: %.2f us closed loop, %.2f us pipelined\n",
+           bench_store_writer_us(&wr), bench_store_writer_us(&wp));
     printf("group commit vs sqlite3 at %d rows/txn (the most rows %d writers can put behind one "
            "fsync): %.2fx\n",
            o.writers, o.writers, vsw);
@@ -577,12 +656,16 @@ int main(int argc, char **argv)
            "\"ref_1_rows_per_s\":%.0f,\"ref_100_rows_per_s\":%.0f,\"ref_writers_rows_per_s\":%.0f,"
            "\"ratio_vs_ref_1\":%.2f,\"ratio_vs_ref_100\":%.2f,\"ratio_vs_ref_writers\":%.2f,"
            "\"window\":%d,\"write_pipelined_rows_per_s\":%.0f,\"write_pipelined_p99_us\":%.1f,"
-           "\"pipelined_ratio_vs_ref_100\":%.2f}\n",
+           "\"pipelined_ratio_vs_ref_100\":%.2f,\"write_group_cpu_us\":%.2f,"
+           "\"write_pipelined_cpu_us\":%.2f,\"ref_100_cpu_us\":%.2f,"
+           "\"write_group_writer_us\":%.2f,\"write_pipelined_writer_us\":%.2f}\n",
            o.short_run ? "true" : "false", o.seconds, o.writers, bench_store_rate(&rd_unc),
            rd_unc.p50_us, rd_unc.p99_us, bench_store_rate(&rd_c), rd_c.p50_us, rd_c.p99_us,
            cached_ratio, bench_store_rate(&wr), wr.p50_us, wr.p99_us, avg_group, commit_us,
            bench_store_rate(&r1), bench_store_rate(&r100), bench_store_rate(&rw), vs1, vs100, vsw,
-           o.window, bench_store_rate(&wp), wp.p99_us, wp_vs100);
+           o.window, bench_store_rate(&wp), wp.p99_us, wp_vs100, bench_store_cpu_us(&wr),
+           bench_store_cpu_us(&wp), bench_store_cpu_us(&r100), bench_store_writer_us(&wr),
+           bench_store_writer_us(&wp));
     fflush(stdout);
     rc = 0;
 out:
