@@ -295,26 +295,10 @@ struct bench_store_writer {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int in_flight;
-    bool wake_deferred; /* a wake-up is deferred to the end of the current group's completions */
     bench_store_slot *slots;
 };
 
-/* Deferred by the completions (store_pool_defer): runs once after the group's last one. */
-static void bench_store_wake(void *arg)
-{
-    bench_store_writer *w = arg;
-    pthread_mutex_lock(&w->mu);
-    w->wake_deferred = false;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
-/*
- * Runs on the store's writer thread after the COMMIT: the write is acknowledged. The thread that
- * waits for it is woken once per group, after the group's last completion, not once per write: a
- * futex wake per completion was over a third of the writer thread's time (perf), and a pipelined
- * writer has several writes in one group. Each write still counts only after its own COMMIT.
- */
+/* Runs on the store's writer thread after the COMMIT: the write is acknowledged. */
 static void bench_store_write_done(void *arg, hsb_err err)
 {
     bench_store_slot *sl = arg;
@@ -329,13 +313,7 @@ static void bench_store_write_done(void *arg, hsb_err err)
     }
     sl->busy = false;
     w->in_flight--;
-    if (!w->wake_deferred) {
-        if (store_pool_defer(store_pool_of(w->st), bench_store_wake, w) == HSB_OK) {
-            w->wake_deferred = true;
-        } else {
-            pthread_cond_signal(&w->cv);
-        }
-    }
+    pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -371,8 +349,7 @@ static void *bench_store_writer_main(void *arg)
             w->in_flight--;
         }
     }
-    /* Every write counted is acknowledged, and no deferred wake-up will touch w any more. */
-    while (w->in_flight > 0 || w->wake_deferred) {
+    while (w->in_flight > 0) { /* every write counted is acknowledged */
         pthread_cond_wait(&w->cv, &w->mu);
     }
     pthread_mutex_unlock(&w->mu);

@@ -20,15 +20,6 @@
 /* Prepared statements kept per connection at most (agents may use many distinct texts). */
 #define STORE_POOL_STMT_MAX 512
 
-/* The pool whose writer this thread is (NULL on every other thread): store_pool_defer's check. */
-static _Thread_local store_pool *store_pool_self;
-
-/* A call asked for by a completion, run once the group's completions are done (writer thread). */
-typedef struct store_deferred {
-    void (*fn)(void *arg);
-    void *arg;
-} store_deferred;
-
 typedef struct store_job {
     struct store_job *next;
     store_job_run_fn run;
@@ -58,9 +49,6 @@ struct store_pool {
 
     pthread_t writer_thread;
     store_conn writer;
-    /* writer thread only: calls deferred by the current group's completions */
-    store_deferred *deferred;
-    size_t n_deferred, cap_deferred;
     store_conn *readers;
 };
 
@@ -506,11 +494,6 @@ hooks:
         free(jobs);
         jobs = next;
     }
-    /* Then what the completions deferred; a deferred call may defer more (run here too). */
-    for (size_t i = 0; i < p->n_deferred; i++) {
-        p->deferred[i].fn(p->deferred[i].arg);
-    }
-    p->n_deferred = 0;
     t_done = store_now_ns() - t_done;
     /* No table-set pointer is held between groups: bound the statement cache here. */
     w->n_written = 0;
@@ -525,7 +508,6 @@ static void *store_pool_writer_main(void *arg)
     store_pool *p = arg;
 
     pthread_setname_np(pthread_self(), "hsb-store-w");
-    store_pool_self = p;
     pthread_mutex_lock(&p->mu);
     for (;;) {
         while (p->head == NULL && !p->closing) {
@@ -554,24 +536,6 @@ hsb_err store_pool_start(store_pool *p)
     pthread_mutex_lock(&p->mu);
     p->started = true;
     pthread_mutex_unlock(&p->mu);
-    return HSB_OK;
-}
-
-hsb_err store_pool_defer(store_pool *p, void (*fn)(void *arg), void *arg)
-{
-    if (fn == NULL || store_pool_self != p) {
-        return HSB_EINVAL;
-    }
-    if (p->n_deferred == p->cap_deferred) {
-        size_t cap = p->cap_deferred ? p->cap_deferred * 2 : 64;
-        store_deferred *d = realloc(p->deferred, cap * sizeof(*d));
-        if (d == NULL) {
-            return HSB_ENOMEM;
-        }
-        p->deferred = d;
-        p->cap_deferred = cap;
-    }
-    p->deferred[p->n_deferred++] = (store_deferred){fn, arg};
     return HSB_OK;
 }
 
@@ -674,7 +638,6 @@ hsb_err store_pool_close(store_pool *p)
         err = HSB_EIO;
     }
     free(p->readers);
-    free(p->deferred);
     pthread_cond_destroy(&p->reader_cv);
     pthread_cond_destroy(&p->writer_cv);
     pthread_mutex_destroy(&p->mu);

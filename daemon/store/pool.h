@@ -13,7 +13,7 @@
  * SQLITE_IOERR...), every job of the group fails. After the COMMIT
  * (or the failed COMMIT) the writer calls the pool's hooks (the query cache's invalidation, the
  * audit chain's bookkeeping) and then every job's completion, in submission order, on the writer
- * thread, with no lock held, then the calls those completions deferred (store_pool_defer). A completion therefore always means "committed" (HSB_OK) or "not
+ * thread, with no lock held. A completion therefore always means "committed" (HSB_OK) or "not
  * committed" (an error): never "queued".
  *
  * Reads. N reader connections (SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX) are checked out by the
@@ -102,7 +102,7 @@ typedef struct store_pool_stats {
     uint64_t commit_ns;     /* total time in COMMIT (the fsync) */
     double avg_commit_us;
     uint64_t run_ns;       /* total time running jobs (BEGIN to before COMMIT) */
-    uint64_t done_ns;      /* total time in completions and the calls they deferred */
+    uint64_t done_ns;      /* total time in completions */
     uint64_t queued;       /* jobs waiting now */
     uint64_t refused_busy; /* submits refused because the queue was full */
     unsigned readers;
@@ -147,19 +147,6 @@ hsb_err store_pool_close(store_pool *p);
  */
 hsb_err store_pool_submit(store_pool *p, store_job_run_fn run, store_job_done_fn done, void *arg,
                           unsigned flags);
-
-/*
- * store_pool_defer, called from a completion, asks the writer to call fn(arg) once after the last
- * completion of the current group, on the writer thread, without locks held. It lets a client that
- * has several jobs in one group wake its waiting thread once per group instead of once per job:
- * the completions record their results, the first one defers the wake-up (the client remembers
- * that it did; every call here runs fn once). fn may defer again (it then runs after the others).
- * store_pool_sync does not wait for the deferred calls of the group its own job joined (its
- * completion runs before them); the client that deferred must wait for its own call if it needs
- * to. Writer thread only (completions). Errors: HSB_EINVAL (fn NULL, or another thread: nothing is
- * deferred), HSB_ENOMEM (the client must then do its work at once).
- */
-hsb_err store_pool_defer(store_pool *p, void (*fn)(void *arg), void *arg);
 
 /*
  * store_pool_sync waits until every job submitted before the call has completed (its completion

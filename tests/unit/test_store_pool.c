@@ -410,76 +410,6 @@ static void test_replay_failing_jobs_alone(void **state)
     pthread_mutex_destroy(&g.mu);
 }
 
-/* ---- deferred calls: once per request, after the group's last completion --------------- */
-
-typedef struct defer_log {
-    store_pool *p;
-    char log[16];
-    size_t n;
-    hsb_err err;
-} defer_log;
-
-static void defer_note(defer_log *d, char c)
-{
-    if (d->n + 1 < sizeof(d->log)) {
-        d->log[d->n++] = c;
-    }
-}
-
-static void defer_c(void *arg)
-{
-    defer_note(arg, 'c');
-}
-
-static void defer_b(void *arg)
-{
-    defer_note(arg, 'b');
-}
-
-static void defer_a(void *arg)
-{
-    defer_log *d = arg;
-    defer_note(d, 'a');
-    if (store_pool_defer(d->p, defer_c, d) != HSB_OK) { /* a deferred call may defer again */
-        d->err = HSB_EINTERNAL;
-    }
-}
-
-static void defer_done(void *arg, hsb_err err)
-{
-    defer_log *d = arg;
-    defer_note(d, err == HSB_OK ? 'd' : 'E');
-    if (d->n == 1 && (store_pool_defer(d->p, defer_a, d) != HSB_OK ||
-                      store_pool_defer(d->p, defer_b, d) != HSB_OK)) {
-        d->err = HSB_EINTERNAL;
-    }
-}
-
-static void test_defer_after_completions(void **state)
-{
-    fixture *f = *state;
-    gate g;
-    defer_log d = {.p = store_pool_of(f->st), .err = HSB_OK};
-    hsb_stmt s = {"SELECT 1", NULL, 0};
-
-    /* Only completions (the writer thread) may defer. */
-    assert_int_equal(store_pool_defer(d.p, defer_b, &d), HSB_EINVAL);
-    gate_hold(f->st, &g);
-    for (int i = 0; i < 3; i++) {
-        assert_int_equal(store_write(f->st, &s, 1, 0, defer_done, &d), HSB_OK);
-    }
-    gate_release(&g);
-    /* The first sync's job may share the group, and its completion run before the deferred
-     * calls; the second one's lands in a later group, which starts after them. */
-    assert_int_equal(store_sync(f->st), HSB_OK);
-    assert_int_equal(store_sync(f->st), HSB_OK);
-    /* The three completions of the group, then the deferred calls in the order asked. */
-    assert_int_equal(d.err, HSB_OK);
-    assert_string_equal(d.log, "dddabc");
-    pthread_cond_destroy(&g.cv);
-    pthread_mutex_destroy(&g.mu);
-}
-
 static hsb_err lose_txn_run(store_conn *c, void *arg)
 {
     /* What SQLite does on SQLITE_FULL or SQLITE_IOERR: the whole transaction is rolled back. */
@@ -856,7 +786,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_job_rolled_back_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay_failing_jobs_alone, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_defer_after_completions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lost_transaction_fails_group, setup, teardown),
         cmocka_unit_test_setup_teardown(test_txn_control_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_synchronous_and_wal, setup, teardown),
