@@ -885,11 +885,12 @@ static hsb_err cmdtab_cache_stats(cmdtab_call *call)
     cmdtab_kv_u64(pk, "too_big", st.cache.too_big);
     cmdtab_kv_u64(pk, "stale_refused", st.cache.stale_refused);
     cmdtab_str(pk, "store");
-    msgpack_pack_map(pk, 10);
+    msgpack_pack_map(pk, 11);
     cmdtab_kv_u64(pk, "jobs", st.pool.jobs);
     cmdtab_kv_u64(pk, "jobs_failed", st.pool.jobs_failed);
     cmdtab_kv_u64(pk, "commits", st.pool.groups);
     cmdtab_kv_u64(pk, "commits_failed", st.pool.groups_failed);
+    cmdtab_kv_u64(pk, "replays", st.pool.replays);
     cmdtab_kv_f64(pk, "avg_group", cmdtab_round(st.pool.avg_group));
     cmdtab_kv_f64(pk, "avg_commit_us", cmdtab_round(st.pool.avg_commit_us));
     cmdtab_kv_u64(pk, "queued", st.pool.queued);

@@ -309,6 +309,9 @@ static void metrics_format_store(metrics_buf *b, const metrics_snap *sn)
                 (double)p->groups);
     metrics_one(b, "hsbus_store_commits_failed_total", "counter",
                 "Transactions whose BEGIN or COMMIT failed.", (double)p->groups_failed);
+    metrics_one(b, "hsbus_store_replays_total", "counter",
+                "Groups rolled back and run again job by job because a job failed.",
+                (double)p->replays);
     metrics_one(b, "hsbus_store_commit_seconds_total", "counter", "Time spent in COMMIT.",
                 (double)p->commit_ns / 1e9);
     metrics_one(b, "hsbus_store_queued_jobs", "gauge", "Write jobs waiting.", (double)p->queued);
