@@ -30,6 +30,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1854,6 +1855,16 @@ static void hsbus_lead_group_locked(hsbus_client *c)
     size_t max = c->max_batch >= 1 && c->max_batch <= HSB_BATCH_MAX ? c->max_batch : 1;
     size_t n = 0, bytes = 0;
 
+    /* Alone in the queue: give the CPU away once before sending. Callers that are already
+     * runnable (typically requesters woken by the same batch of replies) then join this group
+     * instead of each starting the next one; with nothing else runnable sched_yield returns at
+     * once, so an idle client adds no delay. Measured: 22 % fewer send requests and +12 % round
+     * trips/s in reqrep-c16, and reqrep-c1 not slower (docs/rationale.md). */
+    if (c->group_head == c->group_tail) {
+        pthread_mutex_unlock(&c->mtx);
+        sched_yield();
+        pthread_mutex_lock(&c->mtx);
+    }
     while (c->group_head != NULL && n < max) {
         hsbus_sender *s = c->group_head;
         if (n > 0 && bytes + s->env->body_len > HSBUS_GROUP_BYTES) {

@@ -764,11 +764,12 @@ static void test_send_group(void **state)
     f->hold = true;
     pthread_mutex_unlock(&f->mtx);
     for (int i = 0; i < N_HOLD; i++) {
+        /* One at a time: two held sends started together could share one group. */
         hold[i] = (tc_send_arg){.c = c, .to = "hold"};
         assert_int_equal(pthread_create(&th_hold[i], NULL, tc_send_thread, &hold[i]), 0);
-    }
-    while (fake_held(f) < N_HOLD) { /* both leaders are on the wire now */
-        usleep(1000);
+        while (fake_held(f) < i + 1) { /* this leader's group is on the wire now */
+            usleep(1000);
+        }
     }
     for (int i = 0; i < N_GOOD; i++) {
         good[i] = (tc_send_arg){.c = c, .to = "void"};
