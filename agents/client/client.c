@@ -1054,39 +1054,55 @@ static hsbus_route hsbus_route_reply_locked(hsbus_client *c, hsbus_msg *m, bool 
 }
 
 /*
- * hsbus_deliver puts a received message in the local queue, where hsbus_fetch or a handler thread
- * takes it. Takes ownership of m in every case (without memory for the node it is dropped: it was
- * not acked, so the daemon redelivers it).
+ * hsbus_deliver puts received messages msgs[0..n) in the local queue, where hsbus_fetch or a
+ * handler thread takes them, under one lock and with one broadcast. Takes ownership of every
+ * message (one without memory for its node is dropped: it was not acked, so the daemon
+ * redelivers it).
  */
-static void hsbus_deliver(hsbus_client *c, hsbus_msg *m)
+static void hsbus_deliver(hsbus_client *c, hsbus_msg **msgs, size_t n)
 {
-    hsbus_node *n = malloc(sizeof(*n));
+    hsbus_list add = {0};
 
-    if (n == NULL) {
-        hsbus_msg_free(&m);
+    for (size_t i = 0; i < n; i++) {
+        hsbus_node *node = malloc(sizeof(*node));
+        if (node == NULL) {
+            hsbus_msg_free(&msgs[i]);
+            continue;
+        }
+        node->msg = msgs[i];
+        node->at_ms = 0;
+        hsbus_list_push(&add, node);
+    }
+    if (add.len == 0) {
         return;
     }
-    n->msg = m;
-    n->at_ms = 0;
     pthread_mutex_lock(&c->mtx);
-    hsbus_list_push(&c->queue, n);
+    if (c->queue.tail != NULL) {
+        c->queue.tail->next = add.head;
+    } else {
+        c->queue.head = add.head;
+    }
+    c->queue.tail = add.tail;
+    c->queue.len += add.len;
     pthread_cond_broadcast(&c->queue_cv);
     pthread_mutex_unlock(&c->mtx);
 }
 
-/* hsbus_dispatch routes each of msgs[0..n) (taking ownership of all) and frees the array. */
+/* hsbus_dispatch routes each of msgs[0..n) (taking ownership of all) and frees the array. One
+ * lock for the whole batch: its replies wake their requesters together, and the rest reach the
+ * local queue with one broadcast. */
 static void hsbus_dispatch(hsbus_client *c, hsbus_msg **msgs, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        hsbus_route r;
+    size_t user = 0;
 
-        pthread_mutex_lock(&c->mtx);
-        r = hsbus_route_reply_locked(c, msgs[i], true);
-        pthread_mutex_unlock(&c->mtx);
-        if (r == HSBUS_ROUTE_USER) {
-            hsbus_deliver(c, msgs[i]);
+    pthread_mutex_lock(&c->mtx);
+    for (size_t i = 0; i < n; i++) {
+        if (hsbus_route_reply_locked(c, msgs[i], true) == HSBUS_ROUTE_USER) {
+            msgs[user++] = msgs[i];
         }
     }
+    pthread_mutex_unlock(&c->mtx);
+    hsbus_deliver(c, msgs, user);
     free(msgs);
 }
 
@@ -1114,7 +1130,7 @@ static void hsbus_sweep_orphans(hsbus_client *c)
     c->orphans = keep;
     pthread_mutex_unlock(&c->mtx);
     while ((n = hsbus_list_pop(&out)) != NULL) {
-        hsbus_deliver(c, n->msg);
+        hsbus_deliver(c, &n->msg, 1);
         free(n);
     }
 }
