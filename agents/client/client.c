@@ -1893,6 +1893,9 @@ static void hsbus_lead_group_locked(hsbus_client *c)
         batch[n++] = s;
         bytes += s->env->body_len;
     }
+    if (n == 0) {
+        return; /* while this leader yielded, another took everything queued */
+    }
     pthread_mutex_unlock(&c->mtx);
     hsbus_group_send(c, batch, n);
     pthread_mutex_lock(&c->mtx);
