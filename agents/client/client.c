@@ -108,6 +108,7 @@ typedef struct hsbus_slot {
     hsb_dec dec;
     bool ctx_open;
     bool dec_ready;
+    bool refused; /* the last call was answered {ok: false}: the daemon refused it as a whole */
     struct hsbus_slot *next_free;
 } hsbus_slot;
 
@@ -143,6 +144,7 @@ typedef struct hsbus_sender {
     bool request;  /* register w for the reply once the daemon gave the message its id */
     bool lead;     /* this thread leads groups (see hsbus_lead_locked) */
     bool done;     /* err, res and text are final */
+    bool expired;  /* a request whose deadline passed while it was queued or on the wire */
     hsbus_err err; /* the call as a whole; HSBUS_OK means res is valid */
     hsbus_result res;
     char text[HSB_REASON_MAX + 1]; /* the leader's error text for a failed call */
@@ -751,6 +753,7 @@ static hsbus_err hsbus_call(hsbus_client *c, hsbus_slot *s, const hsb_request *r
         }
         (void)nng_msg_reserve(m, reserve); /* a hint: hsb_nng_write still grows on its own */
     }
+    s->refused = false;
     msgpack_packer_init(&pk, m, hsb_nng_write);
     if (hsb_enc_request(&pk, req) != HSB_OK) {
         nng_msg_free(m);
@@ -783,6 +786,7 @@ static hsbus_err hsbus_call(hsbus_client *c, hsbus_slot *s, const hsb_request *r
     }
     if (!rep->ok) {
         hsbus_err err = rep->err != HSB_OK ? (hsbus_err)rep->err : HSBUS_EINTERNAL;
+        s->refused = true;
         return hsbus_fail(c, err, "%s", rep->msg != NULL ? rep->msg : hsbus_strerror(err));
     }
     return HSBUS_OK;
@@ -1682,9 +1686,11 @@ HSBUS_API void hsbus_close(hsbus_client **clientp)
 
 /* ---- sending ----------------------------------------------------------------------------- */
 
-/* hsbus_send_envs sends envs[0..n) in one request and fills results[0..n). */
+/* hsbus_send_envs sends envs[0..n) in one request and fills results[0..n). *refused (may be
+ * NULL) tells whether a failure was the daemon refusing the request as a whole, so that nothing
+ * of it was routed. */
 static hsbus_err hsbus_send_envs(hsbus_client *c, const hsb_envelope *envs, size_t n,
-                                 hsbus_result *results)
+                                 hsbus_result *results, bool *refused)
 {
     hsb_request req;
     hsb_reply rep;
@@ -1700,6 +1706,9 @@ static hsbus_err hsbus_send_envs(hsbus_client *c, const hsb_envelope *envs, size
     req.u.send.msgs = (hsb_envelope *)envs; /* the encoder only reads */
     req.u.send.n_msgs = n;
     err = hsbus_call(c, s, &req, c->timeout_ms, &rep);
+    if (refused != NULL) {
+        *refused = err != HSBUS_OK && s->refused;
+    }
     if (err == HSBUS_OK && rep.u.send.n_results != n) {
         err = hsbus_fail(c, HSBUS_EBADMSG, "send: %zu results for %zu messages",
                          rep.u.send.n_results, n);
@@ -1733,8 +1742,18 @@ static hsbus_err hsbus_send_envs(hsbus_client *c, const hsb_envelope *envs, size
  * every caller gets the answer its own message would have had.
  */
 #define HSBUS_GROUP_LEADERS 2                   /* grouped send requests on the wire at once */
-#define HSBUS_GROUP_BYTES   ((size_t)4 << 20)   /* a group stops growing at this many body bytes */
 #define HSBUS_GROUP_STACK   16                  /* groups up to this size need no allocation */
+
+/*
+ * hsbus_group_bytes is the most encoded bytes a group may carry: what one message of the largest
+ * body the daemon accepts needs. The daemon's request limit (max_request) is not in hello's
+ * limits, but it must admit such a message, so a group never makes a request the daemon would
+ * drop (nng closes the connection on an oversized message).
+ */
+static size_t hsbus_group_bytes(const hsbus_client *c)
+{
+    return (size_t)c->max_body + HSBUS_ENV_OVERHEAD;
+}
 
 /* hsbus_err_is_content is true for the codes of a request refused for what it contains. */
 static bool hsbus_err_is_content(hsbus_err err)
@@ -1763,15 +1782,23 @@ static void hsbus_sender_set(const hsbus_client *c, hsbus_sender *s, hsbus_err e
     }
 }
 
-/* hsbus_group_send sends the messages of batch[0..n) in one request and records each outcome.
- * Runs without c->mtx; blocks up to the call timeout (n times that on the resend path). */
+/*
+ * hsbus_group_send sends the messages of batch[0..n) in one request and records each outcome.
+ * Runs without c->mtx; blocks up to the call timeout, or twice that on the resend path: resends
+ * that would start after the call timeout are not made (those messages get HSBUS_ETIMEDOUT; none
+ * was routed, so a retry is safe). The errors recorded for other callers' messages do not change
+ * this thread's own error text.
+ */
 static void hsbus_group_send(hsbus_client *c, hsbus_sender **batch, size_t n)
 {
     hsb_envelope env_stack[HSBUS_GROUP_STACK];
     hsbus_result res_stack[HSBUS_GROUP_STACK];
     hsb_envelope *envs = env_stack;
     hsbus_result *results = res_stack;
+    int64_t resend_until = hsbus_now_ms() + c->timeout_ms;
+    bool refused = false;
     hsbus_err err;
+    __typeof__(hsbus_tl_err) saved = hsbus_tl_err;
 
     if (n > HSBUS_GROUP_STACK) {
         envs = malloc(n * sizeof(*envs));
@@ -1787,16 +1814,22 @@ static void hsbus_group_send(hsbus_client *c, hsbus_sender **batch, size_t n)
     for (size_t i = 0; i < n; i++) {
         envs[i] = *batch[i]->env;
     }
-    err = hsbus_send_envs(c, envs, n, results);
+    err = hsbus_send_envs(c, envs, n, results, &refused);
     for (size_t i = 0; i < n; i++) {
-        if (n > 1 && hsbus_err_is_content(err)) {
-            hsbus_sender_set(c, batch[i], hsbus_send_envs(c, &envs[i], 1, &results[i]),
-                             &results[i]);
+        if (n > 1 && refused && hsbus_err_is_content(err)) {
+            /* The daemon refused the whole group for its content before routing any of it. */
+            hsbus_err e = hsbus_now_ms() < resend_until
+                              ? hsbus_send_envs(c, &envs[i], 1, &results[i], NULL)
+                              : hsbus_fail(c, HSBUS_ETIMEDOUT,
+                                           "not sent: its group was refused for another "
+                                           "message and the resends ran out of time");
+            hsbus_sender_set(c, batch[i], e, &results[i]);
         } else {
             hsbus_sender_set(c, batch[i], err, &results[i]);
         }
     }
 out:
+    hsbus_tl_err = saved;
     if (envs != env_stack) {
         free(envs);
     }
@@ -1854,7 +1887,9 @@ static void hsbus_finish_locked(hsbus_client *c, hsbus_sender *s)
             if (s->w.reply == NULL) {
                 s->w.next = c->waiters;
                 c->waiters = &s->w;
-                wake = s->lead; /* a leader must wake to hand its role on */
+                /* A leader must wake to hand its role on; an expired request to return
+                 * ETIMEDOUT; with the client closing or lost no reply will come. */
+                wake = s->lead || s->expired || c->closing || c->lost;
             }
         }
     }
@@ -1883,7 +1918,8 @@ static void hsbus_lead_group_locked(hsbus_client *c)
     }
     while (c->group_head != NULL && n < max) {
         hsbus_sender *s = c->group_head;
-        if (n > 0 && bytes + s->env->body_len > HSBUS_GROUP_BYTES) {
+        size_t need = hsb_enc_envelope_bound(s->env);
+        if (n > 0 && bytes + need > hsbus_group_bytes(c)) {
             break;
         }
         c->group_head = s->next;
@@ -1891,7 +1927,7 @@ static void hsbus_lead_group_locked(hsbus_client *c)
             c->group_tail = NULL;
         }
         batch[n++] = s;
-        bytes += s->env->body_len;
+        bytes += need;
     }
     if (n == 0) {
         return; /* while this leader yielded, another took everything queued */
@@ -1959,8 +1995,16 @@ static hsbus_err hsbus_group_run(hsbus_client *c, hsbus_sender *s, int64_t deadl
             hsbus_handoff_locked(c, s);
         }
         if (!s->done) {
-            /* Queued, or taken by another leader's group: its finish wakes us. */
-            pthread_cond_wait(&s->w.cv, &c->mtx);
+            /* Queued, or taken by another leader's group: its finish wakes us. A request notes
+             * when its deadline passes, so that the finish wakes it rather than leaving it
+             * registered for a reply it no longer waits for. */
+            if (s->request && !s->expired) {
+                if (pthread_cond_timedwait(&s->w.cv, &c->mtx, &until) == ETIMEDOUT) {
+                    s->expired = true;
+                }
+            } else {
+                pthread_cond_wait(&s->w.cv, &c->mtx);
+            }
             continue;
         }
         if (!s->request || s->err != HSBUS_OK || s->res.err != HSBUS_OK || s->w.reply != NULL) {
@@ -2044,7 +2088,7 @@ HSBUS_API hsbus_err hsbus_send_batch(hsbus_client *client, const hsbus_msg *msgs
     for (size_t i = 0; i < n; i++) {
         hsbus_env_from_msg(&envs[i], &msgs[i]);
     }
-    err = hsbus_send_envs(client, envs, n, results);
+    err = hsbus_send_envs(client, envs, n, results, NULL);
     free(envs);
     return err;
 }

@@ -790,6 +790,8 @@ static void test_send_group(void **state)
     for (int i = 0; i < N_GOOD; i++) {
         pthread_join(th_good[i], NULL);
         assert_int_equal(good[i].err, HSBUS_OK);
+        /* A leader records the others' errors without taking their text as its own. */
+        assert_string_equal(good[i].errmsg, "");
     }
     pthread_join(th_bad, NULL);
     assert_int_equal(bad.err, HSBUS_EBADMSG); /* the wire carries E_BADMSG */
@@ -800,6 +802,80 @@ static void test_send_group(void **state)
     assert_true(f->bad_reqs == 2);
     assert_true(f->send_reqs < N_HOLD + N_GOOD + 2);
     pthread_mutex_unlock(&f->mtx);
+    hsbus_close(&c);
+    fake_stop(f);
+}
+
+typedef struct tc_timeout_arg {
+    hsbus_client *c;
+    hsbus_err err;
+    volatile int finished;
+} tc_timeout_arg;
+
+static void *tc_timeout_thread(void *p)
+{
+    tc_timeout_arg *a = p;
+    hsbus_msg m, *reply = NULL;
+
+    tc_msg(&m, "void", "x"); /* accepted, never answered */
+    a->err = hsbus_request(a->c, &m, 300, &reply);
+    hsbus_msg_clear(&m);
+    __atomic_store_n(&a->finished, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/*
+ * Requests that queued behind busy leaders and went out in another thread's group still honour
+ * their timeout: each returns HSBUS_ETIMEDOUT although no reply ever comes (they used to sleep
+ * until a reply or the client's end).
+ */
+static void test_request_timeout_grouped(void **state)
+{
+    enum { N_HOLD = 2, N_REQ = 4 };
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    tc_send_arg hold[N_HOLD];
+    tc_timeout_arg req[N_REQ];
+    pthread_t th_hold[N_HOLD], th_req[N_REQ];
+    int finished = 0;
+
+    (void)state;
+    pthread_mutex_lock(&f->mtx);
+    f->hold = true;
+    pthread_mutex_unlock(&f->mtx);
+    for (int i = 0; i < N_HOLD; i++) {
+        hold[i] = (tc_send_arg){.c = c, .to = "hold"};
+        assert_int_equal(pthread_create(&th_hold[i], NULL, tc_send_thread, &hold[i]), 0);
+        while (fake_held(f) < i + 1) {
+            usleep(1000);
+        }
+    }
+    for (int i = 0; i < N_REQ; i++) {
+        req[i] = (tc_timeout_arg){.c = c};
+        assert_int_equal(pthread_create(&th_req[i], NULL, tc_timeout_thread, &req[i]), 0);
+    }
+    usleep(100 * 1000); /* let them queue (not a timing assertion) */
+    pthread_mutex_lock(&f->mtx);
+    f->hold = false;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mtx);
+    /* Bounded wait: a request stuck past its timeout fails the test instead of hanging it. */
+    for (int t = 0; t < 1000 && finished < N_REQ; t++) {
+        usleep(10 * 1000);
+        finished = 0;
+        for (int i = 0; i < N_REQ; i++) {
+            finished += __atomic_load_n(&req[i].finished, __ATOMIC_ACQUIRE);
+        }
+    }
+    assert_int_equal(finished, N_REQ);
+    for (int i = 0; i < N_REQ; i++) {
+        pthread_join(th_req[i], NULL);
+        assert_int_equal(req[i].err, HSBUS_ETIMEDOUT);
+    }
+    for (int i = 0; i < N_HOLD; i++) {
+        pthread_join(th_hold[i], NULL);
+        assert_int_equal(hold[i].err, HSBUS_OK);
+    }
     hsbus_close(&c);
     fake_stop(f);
 }
@@ -1048,7 +1124,7 @@ int main(void)
         cmocka_unit_test(test_request_errors),   cmocka_unit_test(test_handler),
         cmocka_unit_test(test_receiver_queue),   cmocka_unit_test(test_handler_nested_request),
         cmocka_unit_test(test_daemon_gone),      cmocka_unit_test(test_send_group),
-        cmocka_unit_test(test_request_grouped),
+        cmocka_unit_test(test_request_grouped),  cmocka_unit_test(test_request_timeout_grouped),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
