@@ -18,8 +18,9 @@
  * Receiver threads each own a slot of their own and loop on fetch. Every fetched message goes
  * through hsbus_route_reply_locked: a reply (corr != 0) whose requester waits is handed to it; a
  * reply that may belong to a request still in its send phase (the daemon can route the reply
- * before the send's answer reaches us) is stashed as an orphan until a requester claims it, no
- * request is in its send phase, or the call timeout passes; everything else goes to the bounded
+ * before the send's answer reaches us) is stashed as an orphan until a requester claims it, every
+ * send group that was on the wire when it came has been answered (then no request can claim it),
+ * or the call timeout passes; everything else goes to the bounded
  * local queue (hsbus_deliver). The queue's room is the credit the receivers ask for. hsbus_fetch
  * drains the queue or, when a handler is set, the handler threads (hsbus_worker_main) do: handlers
  * run concurrently and never on a receiver, so a slow handler, or one that makes requests of its
@@ -97,6 +98,7 @@ HSBUS_SAME(HSBUS_PRIO_NORMAL, HSB_PRIO_NORMAL);
 #define HSBUS_DEF_RECV_MAX   ((size_t)256 << 20)
 #define HSBUS_ENV_OVERHEAD   1024 /* generous bound on an envelope's bytes besides its body */
 #define HSBUS_FETCH_MAX      64   /* per receiver fetch: the credit one parked fetch grants */
+#define HSBUS_GROUP_LEADERS_MAX 4 /* room in hsbus_client for send groups on the wire */
 #define HSBUS_THREADS_MAX    64
 #define HSBUS_WAIT_MAX_MS    60000
 #define HSBUS_BYE_TIMEOUT_MS 1000
@@ -116,6 +118,7 @@ typedef struct hsbus_slot {
 typedef struct hsbus_node {
     hsbus_msg *msg;
     int64_t at_ms; /* when it was stashed (orphans) */
+    uint64_t seq;  /* orphans: the newest send group on the wire when it was stashed */
     struct hsbus_node *next;
 } hsbus_node;
 
@@ -192,13 +195,16 @@ struct hsbus_client {
     size_t n_nacks, cap_nacks;
 
     hsbus_list queue;   /* received messages for hsbus_fetch */
-    hsbus_list orphans; /* replies that may belong to a request in its send phase */
+    hsbus_list orphans; /* replies that may belong to a request whose send is on the wire */
     size_t sending;     /* hsbus_request calls in their send phase */
     hsbus_waiter *waiters;
 
     hsbus_sender *group_head; /* single messages waiting for a leader to send them together */
     hsbus_sender *group_tail;
     unsigned group_leaders; /* threads leading groups now, at most HSBUS_GROUP_LEADERS */
+    uint64_t group_seq;     /* send groups started so far */
+    uint64_t wire_seq[HSBUS_GROUP_LEADERS_MAX]; /* the groups on the wire now */
+    unsigned n_wire;
 
     hsbus_handler handler;
     void *handler_arg;
@@ -1045,16 +1051,60 @@ static hsbus_route hsbus_route_reply_locked(hsbus_client *c, hsbus_msg *m, bool 
         pthread_cond_signal(&w->cv);
         return HSBUS_ROUTE_TAKEN;
     }
-    if (may_stash && c->sending > 0) {
+    if (may_stash && c->n_wire > 0) {
         n = malloc(sizeof(*n));
         if (n != NULL) {
             n->msg = m;
             n->at_ms = hsbus_now_ms();
+            n->seq = c->group_seq;
             hsbus_list_push(&c->orphans, n);
             return HSBUS_ROUTE_TAKEN;
         }
     }
     return HSBUS_ROUTE_USER;
+}
+
+/* hsbus_oldest_wire_locked is the oldest send group still on the wire (UINT64_MAX: none). */
+static uint64_t hsbus_oldest_wire_locked(const hsbus_client *c)
+{
+    uint64_t oldest = UINT64_MAX;
+
+    for (unsigned i = 0; i < c->n_wire; i++) {
+        if (c->wire_seq[i] < oldest) {
+            oldest = c->wire_seq[i];
+        }
+    }
+    return oldest;
+}
+
+/*
+ * hsbus_release_orphans_locked hands each stashed reply to its requester if one now waits for it,
+ * and moves to the local queue (for hsbus_fetch or the handler) those no requester can claim any
+ * more: a reply can overtake only the answer of a send that was on the wire when it came, so once
+ * every group up to its seq is answered, or the call timeout passed, it is the user's.
+ */
+static void hsbus_release_orphans_locked(hsbus_client *c)
+{
+    hsbus_list keep = {0};
+    uint64_t oldest = hsbus_oldest_wire_locked(c);
+    int64_t now = hsbus_now_ms();
+    bool queued = false;
+    hsbus_node *n;
+
+    while ((n = hsbus_list_pop(&c->orphans)) != NULL) {
+        if (hsbus_route_reply_locked(c, n->msg, false) == HSBUS_ROUTE_TAKEN) {
+            free(n);
+        } else if (n->seq < oldest || now - n->at_ms > c->timeout_ms) {
+            hsbus_list_push(&c->queue, n);
+            queued = true;
+        } else {
+            hsbus_list_push(&keep, n);
+        }
+    }
+    c->orphans = keep;
+    if (queued) {
+        pthread_cond_broadcast(&c->queue_cv);
+    }
 }
 
 /*
@@ -1110,33 +1160,12 @@ static void hsbus_dispatch(hsbus_client *c, hsbus_msg **msgs, size_t n)
     free(msgs);
 }
 
-/*
- * hsbus_sweep_orphans releases stashed replies that no requester can claim any more (no request in
- * its send phase, or older than the call timeout) to the user.
- */
+/* hsbus_sweep_orphans runs hsbus_release_orphans_locked (the receivers, after each fetch). */
 static void hsbus_sweep_orphans(hsbus_client *c)
 {
-    hsbus_list out = {0};
-    hsbus_list keep = {0};
-    hsbus_node *n;
-    int64_t now = hsbus_now_ms();
-
     pthread_mutex_lock(&c->mtx);
-    while ((n = hsbus_list_pop(&c->orphans)) != NULL) {
-        if (hsbus_route_reply_locked(c, n->msg, false) == HSBUS_ROUTE_TAKEN) {
-            free(n);
-        } else if (c->sending == 0 || now - n->at_ms > c->timeout_ms) {
-            hsbus_list_push(&out, n);
-        } else {
-            hsbus_list_push(&keep, n);
-        }
-    }
-    c->orphans = keep;
+    hsbus_release_orphans_locked(c);
     pthread_mutex_unlock(&c->mtx);
-    while ((n = hsbus_list_pop(&out)) != NULL) {
-        hsbus_deliver(c, &n->msg, 1);
-        free(n);
-    }
 }
 
 /* ---- receiver threads -------------------------------------------------------------------- */
@@ -1742,6 +1771,7 @@ static hsbus_err hsbus_send_envs(hsbus_client *c, const hsb_envelope *envs, size
  * every caller gets the answer its own message would have had.
  */
 #define HSBUS_GROUP_LEADERS 2                   /* grouped send requests on the wire at once */
+_Static_assert(HSBUS_GROUP_LEADERS <= HSBUS_GROUP_LEADERS_MAX, "wire_seq holds every group");
 #define HSBUS_GROUP_STACK   16                  /* groups up to this size need no allocation */
 
 /*
@@ -1932,11 +1962,22 @@ static void hsbus_lead_group_locked(hsbus_client *c)
     if (n == 0) {
         return; /* while this leader yielded, another took everything queued */
     }
+    uint64_t seq = ++c->group_seq;
+    c->wire_seq[c->n_wire++] = seq;
     pthread_mutex_unlock(&c->mtx);
     hsbus_group_send(c, batch, n);
     pthread_mutex_lock(&c->mtx);
+    for (unsigned i = 0; i < c->n_wire; i++) {
+        if (c->wire_seq[i] == seq) {
+            c->wire_seq[i] = c->wire_seq[--c->n_wire];
+            break;
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         hsbus_finish_locked(c, batch[i]); /* batch[i] may be gone once its thread wakes */
+    }
+    if (c->orphans.len > 0) {
+        hsbus_release_orphans_locked(c); /* what this group's answer leaves unclaimed */
     }
 }
 

@@ -880,6 +880,69 @@ static void test_request_timeout_grouped(void **state)
     fake_stop(f);
 }
 
+typedef struct tc_busy_arg {
+    hsbus_client *c;
+    volatile int stop;
+    int failures;
+} tc_busy_arg;
+
+/* Requests to "early" back to back: the fake holds each send 100 ms after routing its reply, so
+ * a send group is on the wire nearly all the time. */
+static void *tc_busy_thread(void *p)
+{
+    tc_busy_arg *a = p;
+
+    while (!__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
+        hsbus_msg m, *reply = NULL;
+        tc_msg(&m, "early", "busy");
+        if (hsbus_request(a->c, &m, 3000, &reply) != HSBUS_OK) {
+            a->failures++;
+        }
+        hsbus_msg_free(&reply);
+        hsbus_msg_clear(&m);
+    }
+    return NULL;
+}
+
+/*
+ * A reply that no request waits for (an answer to a plain hsbus_send) reaches hsbus_fetch while
+ * other threads keep requests on the wire: it is held back only until the send groups that were
+ * on the wire when it came are answered, not for the whole call timeout (5 s here; the fetch
+ * waits at most 3 s).
+ */
+static void test_unclaimed_reply_not_held(void **state)
+{
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    tc_busy_arg busy = {.c = c};
+    pthread_t th[2];
+    hsbus_msg m, *got[4];
+    uint64_t id = 0;
+    size_t n = 0;
+
+    (void)state;
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pthread_create(&th[i], NULL, tc_busy_thread, &busy), 0);
+    }
+    usleep(50 * 1000); /* the requests are flowing (not a timing assertion) */
+    tc_msg(&m, "echo", "for the user");
+    assert_int_equal(hsbus_send(c, &m, &id), HSBUS_OK);
+    hsbus_msg_clear(&m);
+    assert_int_equal(hsbus_fetch(c, 4, 3000, got, &n), HSBUS_OK);
+    __atomic_store_n(&busy.stop, 1, __ATOMIC_RELEASE);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+    }
+    assert_int_equal(busy.failures, 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(got[0]->corr, id);
+    tc_assert_body(got[0], "for the user");
+    (void)hsbus_ack(c, got[0]->id);
+    hsbus_msg_free(&got[0]);
+    hsbus_close(&c);
+    fake_stop(f);
+}
+
 /* Many threads making requests at once share send requests: fewer sends than messages. */
 static void test_request_grouped(void **state)
 {
@@ -1125,6 +1188,7 @@ int main(void)
         cmocka_unit_test(test_receiver_queue),   cmocka_unit_test(test_handler_nested_request),
         cmocka_unit_test(test_daemon_gone),      cmocka_unit_test(test_send_group),
         cmocka_unit_test(test_request_grouped),  cmocka_unit_test(test_request_timeout_grouped),
+        cmocka_unit_test(test_unclaimed_reply_not_held),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
