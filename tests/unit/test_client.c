@@ -71,13 +71,13 @@ typedef struct fake {
     size_t n_nacks;
     size_t n_fetches;
     size_t n_byes;
-    int sends_now;  /* send requests being handled right now */
-    int sends_peak; /* the most at once: > 1 proves the client pipelines */
-    size_t send_reqs;  /* send requests decoded */
-    size_t group_max;  /* the most messages one send request carried */
-    size_t bad_reqs;   /* requests refused as malformed */
-    bool hold;         /* messages to "hold" wait in the fake until this is cleared */
-    int held;          /* sends waiting on hold now */
+    int sends_now;    /* send requests being handled right now */
+    int sends_peak;   /* the most at once: > 1 proves the client pipelines */
+    size_t send_reqs; /* send requests decoded */
+    size_t group_max; /* the most messages one send request carried */
+    size_t bad_reqs;  /* requests refused as malformed */
+    bool hold;        /* messages to "hold" wait in the fake until this is cleared */
+    int held;         /* sends waiting on hold now */
 } fake;
 
 static fake *fake_g;
@@ -640,22 +640,30 @@ static void *tc_req_thread(void *p)
     return NULL;
 }
 
+/* tc_run_requesters runs n threads (n <= 16) of count requests each on c; all must succeed. */
+static void tc_run_requesters(hsbus_client *c, int n, int count)
+{
+    pthread_t th[16];
+    tc_req_arg args[16];
+
+    assert_true(n <= 16);
+    for (int i = 0; i < n; i++) {
+        args[i] = (tc_req_arg){.c = c, .thread = i, .count = count};
+        assert_int_equal(pthread_create(&th[i], NULL, tc_req_thread, &args[i]), 0);
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+}
+
 static void test_request_parallel(void **state)
 {
     fake *f = fake_start();
     hsbus_client *c = tc_connect(f, "tester");
-    pthread_t th[16];
-    tc_req_arg args[16];
 
     (void)state;
-    for (int i = 0; i < 16; i++) {
-        args[i] = (tc_req_arg){.c = c, .thread = i, .count = 25};
-        assert_int_equal(pthread_create(&th[i], NULL, tc_req_thread, &args[i]), 0);
-    }
-    for (int i = 0; i < 16; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(args[i].failures, 0);
-    }
+    tc_run_requesters(c, 16, 25);
     /* Pipelining, asserted as behaviour rather than time: while one "early" send is held for
      * 100 ms by the fake daemon, other threads' sends reach it. */
     pthread_mutex_lock(&f->mtx);
@@ -672,19 +680,10 @@ static void test_request_few_contexts(void **state)
     fake *f = fake_start();
     hsbus_opts o = {.agent = "tester", .timeout_ms = 5000, .contexts = 2};
     hsbus_client *c = NULL;
-    pthread_t th[8];
-    tc_req_arg args[8];
 
     (void)state;
     assert_int_equal(hsbus_connect(f->url, &o, &c), HSBUS_OK);
-    for (int i = 0; i < 8; i++) {
-        args[i] = (tc_req_arg){.c = c, .thread = i, .count = 10};
-        assert_int_equal(pthread_create(&th[i], NULL, tc_req_thread, &args[i]), 0);
-    }
-    for (int i = 0; i < 8; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(args[i].failures, 0);
-    }
+    tc_run_requesters(c, 8, 10);
     hsbus_close(&c);
     fake_stop(f);
 }
@@ -745,6 +744,33 @@ static int fake_held(fake *f)
     return held;
 }
 
+/* Both group leaders of c (HSBUS_GROUP_LEADERS) are made to send to "hold", one at a time (two
+ * started together could share one group), and the fake keeps both sends until fake_release:
+ * whatever is sent next queues behind them in the client. */
+enum { N_HOLD = 2 };
+
+static void tc_hold_leaders(fake *f, hsbus_client *c, tc_send_arg *hold, pthread_t *th)
+{
+    pthread_mutex_lock(&f->mtx);
+    f->hold = true;
+    pthread_mutex_unlock(&f->mtx);
+    for (int i = 0; i < N_HOLD; i++) {
+        hold[i] = (tc_send_arg){.c = c, .to = "hold"};
+        assert_int_equal(pthread_create(&th[i], NULL, tc_send_thread, &hold[i]), 0);
+        while (fake_held(f) < i + 1) { /* this leader's group is on the wire now */
+            usleep(1000);
+        }
+    }
+}
+
+static void fake_release(fake *f)
+{
+    pthread_mutex_lock(&f->mtx);
+    f->hold = false;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mtx);
+}
+
 /*
  * While both group leaders' sends are held by the fake daemon, single sends from other threads
  * queue and then go out together in one request; one malformed message among them makes the
@@ -753,24 +779,14 @@ static int fake_held(fake *f)
  */
 static void test_send_group(void **state)
 {
-    enum { N_HOLD = 2, N_GOOD = 6 };
+    enum { N_GOOD = 6 };
     fake *f = fake_start();
     hsbus_client *c = tc_connect(f, "tester");
     tc_send_arg hold[N_HOLD], good[N_GOOD], bad;
     pthread_t th_hold[N_HOLD], th_good[N_GOOD], th_bad;
 
     (void)state;
-    pthread_mutex_lock(&f->mtx);
-    f->hold = true;
-    pthread_mutex_unlock(&f->mtx);
-    for (int i = 0; i < N_HOLD; i++) {
-        /* One at a time: two held sends started together could share one group. */
-        hold[i] = (tc_send_arg){.c = c, .to = "hold"};
-        assert_int_equal(pthread_create(&th_hold[i], NULL, tc_send_thread, &hold[i]), 0);
-        while (fake_held(f) < i + 1) { /* this leader's group is on the wire now */
-            usleep(1000);
-        }
-    }
+    tc_hold_leaders(f, c, hold, th_hold);
     for (int i = 0; i < N_GOOD; i++) {
         good[i] = (tc_send_arg){.c = c, .to = "void"};
         assert_int_equal(pthread_create(&th_good[i], NULL, tc_send_thread, &good[i]), 0);
@@ -778,10 +794,7 @@ static void test_send_group(void **state)
     bad = (tc_send_arg){.c = c, .to = "Not A Name"};
     assert_int_equal(pthread_create(&th_bad, NULL, tc_send_thread, &bad), 0);
     usleep(200 * 1000); /* let them queue behind the held leaders (not a timing assertion) */
-    pthread_mutex_lock(&f->mtx);
-    f->hold = false;
-    pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mtx);
+    fake_release(f);
 
     for (int i = 0; i < N_HOLD; i++) {
         pthread_join(th_hold[i], NULL);
@@ -831,7 +844,7 @@ static void *tc_timeout_thread(void *p)
  */
 static void test_request_timeout_grouped(void **state)
 {
-    enum { N_HOLD = 2, N_REQ = 4 };
+    enum { N_REQ = 4 };
     fake *f = fake_start();
     hsbus_client *c = tc_connect(f, "tester");
     tc_send_arg hold[N_HOLD];
@@ -840,25 +853,13 @@ static void test_request_timeout_grouped(void **state)
     int finished = 0;
 
     (void)state;
-    pthread_mutex_lock(&f->mtx);
-    f->hold = true;
-    pthread_mutex_unlock(&f->mtx);
-    for (int i = 0; i < N_HOLD; i++) {
-        hold[i] = (tc_send_arg){.c = c, .to = "hold"};
-        assert_int_equal(pthread_create(&th_hold[i], NULL, tc_send_thread, &hold[i]), 0);
-        while (fake_held(f) < i + 1) {
-            usleep(1000);
-        }
-    }
+    tc_hold_leaders(f, c, hold, th_hold);
     for (int i = 0; i < N_REQ; i++) {
         req[i] = (tc_timeout_arg){.c = c};
         assert_int_equal(pthread_create(&th_req[i], NULL, tc_timeout_thread, &req[i]), 0);
     }
     usleep(100 * 1000); /* let them queue (not a timing assertion) */
-    pthread_mutex_lock(&f->mtx);
-    f->hold = false;
-    pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mtx);
+    fake_release(f);
     /* Bounded wait: a request stuck past its timeout fails the test instead of hanging it. */
     for (int t = 0; t < 1000 && finished < N_REQ; t++) {
         usleep(10 * 1000);
@@ -948,18 +949,9 @@ static void test_request_grouped(void **state)
 {
     fake *f = fake_start();
     hsbus_client *c = tc_connect(f, "tester");
-    pthread_t th[16];
-    tc_req_arg args[16];
 
     (void)state;
-    for (int i = 0; i < 16; i++) {
-        args[i] = (tc_req_arg){.c = c, .thread = i, .count = 50};
-        assert_int_equal(pthread_create(&th[i], NULL, tc_req_thread, &args[i]), 0);
-    }
-    for (int i = 0; i < 16; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(args[i].failures, 0);
-    }
+    tc_run_requesters(c, 16, 50);
     pthread_mutex_lock(&f->mtx);
     assert_true(f->group_max > 1);
     assert_true(f->send_reqs < 16 * 50);
@@ -1181,13 +1173,20 @@ static void test_daemon_gone(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_body_helpers),     cmocka_unit_test(test_connect_errors),
-        cmocka_unit_test(test_send_results),     cmocka_unit_test(test_fetch_acks),
-        cmocka_unit_test(test_request_parallel), cmocka_unit_test(test_request_few_contexts),
-        cmocka_unit_test(test_request_errors),   cmocka_unit_test(test_handler),
-        cmocka_unit_test(test_receiver_queue),   cmocka_unit_test(test_handler_nested_request),
-        cmocka_unit_test(test_daemon_gone),      cmocka_unit_test(test_send_group),
-        cmocka_unit_test(test_request_grouped),  cmocka_unit_test(test_request_timeout_grouped),
+        cmocka_unit_test(test_body_helpers),
+        cmocka_unit_test(test_connect_errors),
+        cmocka_unit_test(test_send_results),
+        cmocka_unit_test(test_fetch_acks),
+        cmocka_unit_test(test_request_parallel),
+        cmocka_unit_test(test_request_few_contexts),
+        cmocka_unit_test(test_request_errors),
+        cmocka_unit_test(test_handler),
+        cmocka_unit_test(test_receiver_queue),
+        cmocka_unit_test(test_handler_nested_request),
+        cmocka_unit_test(test_daemon_gone),
+        cmocka_unit_test(test_send_group),
+        cmocka_unit_test(test_request_grouped),
+        cmocka_unit_test(test_request_timeout_grouped),
         cmocka_unit_test(test_unclaimed_reply_not_held),
     };
 
