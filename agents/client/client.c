@@ -91,17 +91,17 @@ HSBUS_SAME(HSBUS_BATCH_MAX, HSB_BATCH_MAX);
 HSBUS_SAME(HSBUS_LIST_MAX, HSB_LIST_MAX);
 HSBUS_SAME(HSBUS_PRIO_NORMAL, HSB_PRIO_NORMAL);
 
-#define HSBUS_DEF_TIMEOUT_MS 10000
-#define HSBUS_DEF_CONTEXTS   16
-#define HSBUS_DEF_QUEUE_MAX  1024
-#define HSBUS_DEF_POLL_MS    1000
-#define HSBUS_DEF_RECV_MAX   ((size_t)256 << 20)
-#define HSBUS_ENV_OVERHEAD   1024 /* generous bound on an envelope's bytes besides its body */
-#define HSBUS_FETCH_MAX      64   /* per receiver fetch: the credit one parked fetch grants */
-#define HSBUS_GROUP_LEADERS_MAX 4 /* room in hsbus_client for send groups on the wire */
-#define HSBUS_THREADS_MAX    64
-#define HSBUS_WAIT_MAX_MS    60000
-#define HSBUS_BYE_TIMEOUT_MS 1000
+#define HSBUS_DEF_TIMEOUT_MS    10000
+#define HSBUS_DEF_CONTEXTS      16
+#define HSBUS_DEF_QUEUE_MAX     1024
+#define HSBUS_DEF_POLL_MS       1000
+#define HSBUS_DEF_RECV_MAX      ((size_t)256 << 20)
+#define HSBUS_ENV_OVERHEAD      1024 /* generous bound on an envelope's bytes besides its body */
+#define HSBUS_FETCH_MAX         64   /* per receiver fetch: the credit one parked fetch grants */
+#define HSBUS_GROUP_LEADERS_MAX 4    /* room in hsbus_client for send groups on the wire */
+#define HSBUS_THREADS_MAX       64
+#define HSBUS_WAIT_MAX_MS       60000
+#define HSBUS_BYE_TIMEOUT_MS    1000
 
 /* One nng context with its aio and decoder. Used by one thread at a time. */
 typedef struct hsbus_slot {
@@ -1770,9 +1770,9 @@ static hsbus_err hsbus_send_envs(hsbus_client *c, const hsb_envelope *envs, size
  * decode error, found before anything is routed): then each message is sent again alone, so that
  * every caller gets the answer its own message would have had.
  */
-#define HSBUS_GROUP_LEADERS 2                   /* grouped send requests on the wire at once */
+#define HSBUS_GROUP_LEADERS 2 /* grouped send requests on the wire at once */
 _Static_assert(HSBUS_GROUP_LEADERS <= HSBUS_GROUP_LEADERS_MAX, "wire_seq holds every group");
-#define HSBUS_GROUP_STACK   16                  /* groups up to this size need no allocation */
+#define HSBUS_GROUP_STACK 16 /* groups up to this size need no allocation */
 
 /*
  * hsbus_group_bytes is the most encoded bytes a group may carry: what one message of the largest
@@ -2055,8 +2055,7 @@ static hsbus_err hsbus_group_run(hsbus_client *c, hsbus_sender *s, int64_t deadl
             err = HSBUS_ECLOSED;
             break;
         }
-        if (pthread_cond_timedwait(&s->w.cv, &c->mtx, &until) == ETIMEDOUT &&
-            s->w.reply == NULL) {
+        if (pthread_cond_timedwait(&s->w.cv, &c->mtx, &until) == ETIMEDOUT && s->w.reply == NULL) {
             err = HSBUS_ETIMEDOUT;
             break;
         }
@@ -2217,8 +2216,8 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
     if (err == HSBUS_ECLOSED) {
         err = hsbus_fail(c, err, "closed or connection lost while waiting");
     } else if (err == HSBUS_ETIMEDOUT) {
-        err = hsbus_fail(c, err, "no reply to message %llu in %d ms",
-                         (unsigned long long)s.res.id, timeout_ms);
+        err = hsbus_fail(c, err, "no reply to message %llu in %d ms", (unsigned long long)s.res.id,
+                         timeout_ms);
     } else if ((err = hsbus_sender_result(c, &s)) == HSBUS_OK) {
         if (strcmp(s.w.reply->type, "sys.error") == 0) {
             err = hsbus_sys_error(c, s.w.reply);

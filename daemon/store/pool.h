@@ -58,9 +58,10 @@ typedef struct store_conn {
  * job's result). run must not COMMIT, ROLLBACK or BEGIN, and must not block on anything but SQLite.
  * run may be called more than once for one job (another job of its group failed, and the group is
  * replayed in a new transaction): whatever it keeps outside the database must be overwritten, not
- * accumulated, on each call, or be undone by the before_replay hook. done (may be NULL) is called exactly once with the job's result, after the group's
- * COMMIT returned, on the writer thread, without locks held; it owns arg again from then on.
- * done may submit further jobs (they go into a later group) but must not wait for them.
+ * accumulated, on each call, or be undone by the before_replay hook. done (may be NULL) is called
+ * exactly once with the job's result, after the group's COMMIT returned, on the writer thread,
+ * without locks held; it owns arg again from then on. done may submit further jobs (they go into a
+ * later group) but must not wait for them.
  */
 typedef hsb_err (*store_job_run_fn)(store_conn *conn, void *arg);
 typedef void (*store_job_done_fn)(void *arg, hsb_err err);

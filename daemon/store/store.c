@@ -42,7 +42,8 @@ static void store_hook_after_group(void *arg, bool committed, const char *const 
     store_audit_after_group(st, committed);
 }
 
-/* The audit chain's pending head advanced with the rolled-back appends: back to the committed one. */
+/* The audit chain's pending head advanced with the rolled-back appends: back to the committed one.
+ */
 static void store_hook_before_replay(void *arg)
 {
     store_audit_after_group(arg, false);

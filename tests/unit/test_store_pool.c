@@ -1,7 +1,8 @@
 /*
  * tests/unit/test_store_pool.c - the store's pool against a real SQLite file in a temp dir:
  * group commit (completions only after COMMIT, groups of more than one job, a failing job rolled
- * back alone, the replay of a group with savepoints after a failure), reader checkout and timeout, the statement cache, migrations on reopen, close.
+ * back alone, the replay of a group with savepoints after a failure), reader checkout and timeout,
+ * the statement cache, migrations on reopen, close.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -344,15 +345,14 @@ static void test_replay_failing_jobs_alone(void **state)
     int64_t n = -1;
 
     create_table(f->st, "CREATE TABLE r(id INTEGER PRIMARY KEY)");
-    store_dlq_rec rec = {.msg_id = 77, .agent = "a", .reason = "expired", .envelope = "env",
-                         .envelope_len = 3};
+    store_dlq_rec rec = {
+        .msg_id = 77, .agent = "a", .reason = "expired", .envelope = "env", .envelope_len = 3};
     assert_int_equal(store_dlq_add(f->st, &rec, 0, record_err, &e_dlq), HSB_OK);
     assert_int_equal(store_sync(f->st), HSB_OK);
     assert_int_equal(e_dlq, HSB_OK);
     assert_int_equal(store_dlq_list(f->st, 0, 1, dlq_first_id, &dl_id), HSB_OK);
     assert_true(dl_id > 0);
-    assert_int_equal(sqlite3_open_v2(f->db.path, &rj.check, SQLITE_OPEN_READONLY, NULL),
-                     SQLITE_OK);
+    assert_int_equal(sqlite3_open_v2(f->db.path, &rj.check, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     store_pool_stats_get(store_pool_of(f->st), &before);
 
     gate_hold(f->st, &g);
