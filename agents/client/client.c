@@ -10,10 +10,16 @@
  *
  * Calls borrow a slot (an nng context, its aio and its own hsb_dec) from a pool of opts.contexts
  * slots and run one request/reply on it synchronously in the calling thread, so as many calls are
- * in flight as there are slots. Single-message sends (hsbus_send, hsbus_reply, hsbus_request) go
- * through the send group instead ("Grouped sends" below): concurrent callers share one send
- * request. REQ resends are disabled: a fetch may be parked at the daemon for up to a minute, and a
- * resent send would duplicate messages.
+ * in flight as there are slots. Single-message sends (hsbus_send, hsbus_reply, hsbus_request,
+ * hsbus_request_async) go through the send group instead ("Grouped sends" below): queued messages
+ * share one send request, on one of HSBUS_GROUPS contexts driven by nng callbacks. REQ resends
+ * are disabled: a fetch may be parked at the daemon for up to a minute, and a resent send would
+ * duplicate messages.
+ *
+ * hsbus_request_async's callbacks run on one completion thread per client (started on first use):
+ * receivers hand it replies, the send group hands it refusals, and it times requests out itself
+ * (its wait ends at the nearest deadline). Requests the callbacks make are sent together after
+ * each batch of callbacks ("asynchronous requests" below).
  *
  * Receiver threads each own a slot of their own and loop on fetch. Every fetched message goes
  * through hsbus_route_reply_locked: a reply (corr != 0) whose requester waits is handed to it; a
@@ -91,17 +97,18 @@ HSBUS_SAME(HSBUS_BATCH_MAX, HSB_BATCH_MAX);
 HSBUS_SAME(HSBUS_LIST_MAX, HSB_LIST_MAX);
 HSBUS_SAME(HSBUS_PRIO_NORMAL, HSB_PRIO_NORMAL);
 
-#define HSBUS_DEF_TIMEOUT_MS    10000
-#define HSBUS_DEF_CONTEXTS      16
-#define HSBUS_DEF_QUEUE_MAX     1024
-#define HSBUS_DEF_POLL_MS       1000
-#define HSBUS_DEF_RECV_MAX      ((size_t)256 << 20)
-#define HSBUS_ENV_OVERHEAD      1024 /* generous bound on an envelope's bytes besides its body */
-#define HSBUS_FETCH_MAX         64   /* per receiver fetch: the credit one parked fetch grants */
-#define HSBUS_GROUP_LEADERS_MAX 4    /* room in hsbus_client for send groups on the wire */
-#define HSBUS_THREADS_MAX       64
-#define HSBUS_WAIT_MAX_MS       60000
-#define HSBUS_BYE_TIMEOUT_MS    1000
+#define HSBUS_DEF_TIMEOUT_MS 10000
+#define HSBUS_DEF_CONTEXTS   16
+#define HSBUS_DEF_QUEUE_MAX  1024
+#define HSBUS_DEF_POLL_MS    1000
+#define HSBUS_DEF_RECV_MAX   ((size_t)256 << 20)
+#define HSBUS_ENV_OVERHEAD   1024 /* generous bound on an envelope's bytes besides its body */
+#define HSBUS_FETCH_MAX      64   /* per receiver fetch: the credit one parked fetch grants */
+#define HSBUS_GROUPS         2    /* send groups on the wire at once (see "sending") */
+#define HSBUS_WAIT_BUCKETS   256  /* waiter table; ids are sequential, so id % 256 spreads */
+#define HSBUS_THREADS_MAX    64
+#define HSBUS_WAIT_MAX_MS    60000
+#define HSBUS_BYE_TIMEOUT_MS 1000
 
 /* One nng context with its aio and decoder. Used by one thread at a time. */
 typedef struct hsbus_slot {
@@ -128,32 +135,71 @@ typedef struct hsbus_list {
     size_t len;
 } hsbus_list;
 
-/* A thread blocked in hsbus_request, waiting for the message with corr == id. */
+typedef struct hsbus_async hsbus_async;
+
+/*
+ * A request waiting for the message with corr == id: a thread blocked in hsbus_request (it sleeps
+ * on cv), or an hsbus_request_async (async != NULL; its callback runs on the completion thread).
+ * Registered in the client's waiter table once the daemon gave the request its id.
+ */
 typedef struct hsbus_waiter {
     uint64_t id;
     hsbus_msg *reply;
-    pthread_cond_t cv;
+    pthread_cond_t cv; /* unused for async */
+    hsbus_async *async;
     struct hsbus_waiter *next;
 } hsbus_waiter;
 
 /*
- * A thread in hsbus_send or hsbus_request whose message waits in the send group (see "sending").
- * It lives on that thread's stack; the leader that takes it writes err, res and text, then sets
- * done. For a request the leader also registers w as a waiter, so the caller sleeps once, until
- * the reply comes. w.cv is the caller's only condition variable.
+ * A message of hsbus_send, hsbus_reply, hsbus_request or hsbus_request_async waiting in the send
+ * group (see "sending"). For the synchronous calls it lives on the caller's stack; the group that
+ * takes it writes err, res and text, then sets done and wakes w.cv. For a synchronous request the
+ * group also registers w as a waiter, so the caller sleeps once, until the reply comes.
  */
 typedef struct hsbus_sender {
     const hsb_envelope *env;
-    bool request;  /* register w for the reply once the daemon gave the message its id */
-    bool lead;     /* this thread leads groups (see hsbus_lead_locked) */
-    bool done;     /* err, res and text are final */
-    bool expired;  /* a request whose deadline passed while it was queued or on the wire */
-    hsbus_err err; /* the call as a whole; HSBUS_OK means res is valid */
+    bool request;         /* register w for the reply once the daemon gave the message its id */
+    bool done;            /* err, res and text are final */
+    bool expired;         /* a sync request whose deadline passed while queued or on the wire */
+    bool solo;            /* send alone: its group was refused as a whole for another message */
+    int64_t resend_until; /* a solo resend that would start later fails with HSBUS_ETIMEDOUT */
+    hsbus_err err;        /* the call as a whole; HSBUS_OK means res is valid */
     hsbus_result res;
-    char text[HSB_REASON_MAX + 1]; /* the leader's error text for a failed call */
+    char text[HSB_REASON_MAX + 1]; /* the error text for a failed call */
     hsbus_waiter w;
     struct hsbus_sender *next;
 } hsbus_sender;
+
+/*
+ * An hsbus_request_async in flight: its own copy of the message (env points into msg), its sender
+ * while queued or on the wire, its waiter (s.w) once sent. Owned by the client from the call until
+ * its callback returns; then freed.
+ */
+struct hsbus_async {
+    hsbus_sender s;
+    hsb_envelope env;
+    hsbus_msg msg;
+    hsbus_reply_fn fn;
+    void *arg;
+    int64_t deadline_ms;
+    int timeout_ms;
+    hsbus_err err;                 /* for the callback: HSBUS_OK with s.w.reply, or why not */
+    char text[HSB_REASON_MAX + 1]; /* its hsbus_errmsg during the callback */
+    hsbus_async *prev, *next;      /* c->apend (by deadline) or c->adone */
+};
+
+/* A send group on the wire, driven by nng callbacks on its own context (hsbus_group_cb). */
+typedef struct hsbus_group {
+    hsbus_client *client;
+    hsbus_slot slot;
+    hsbus_sender **batch; /* HSB_BATCH_MAX entries */
+    hsb_envelope *envs;   /* HSB_BATCH_MAX entries */
+    size_t n;
+    uint64_t seq;
+    int timeout_ms;
+    bool busy;      /* on the wire (or being encoded) */
+    bool receiving; /* sent; its answer is awaited */
+} hsbus_group;
 
 typedef struct hsbus_recv {
     hsbus_client *client;
@@ -196,21 +242,37 @@ struct hsbus_client {
 
     hsbus_list queue;   /* received messages for hsbus_fetch */
     hsbus_list orphans; /* replies that may belong to a request whose send is on the wire */
-    size_t sending;     /* hsbus_request calls in their send phase */
-    hsbus_waiter *waiters;
+    size_t sending;     /* requests in their send phase */
+    hsbus_waiter *wait_tab[HSBUS_WAIT_BUCKETS]; /* registered waiters by id */
+    size_t n_waiters;
 
-    hsbus_sender *group_head; /* single messages waiting for a leader to send them together */
+    hsbus_sender *group_head; /* single messages waiting to be sent together */
     hsbus_sender *group_tail;
-    unsigned group_leaders; /* threads leading groups now, at most HSBUS_GROUP_LEADERS */
-    uint64_t group_seq;     /* send groups started so far */
-    uint64_t wire_seq[HSBUS_GROUP_LEADERS_MAX]; /* the groups on the wire now */
+    hsbus_group groups[HSBUS_GROUPS]; /* at most this many send groups on the wire */
+    uint64_t group_seq;               /* send groups started so far */
+    uint64_t wire_seq[HSBUS_GROUPS];  /* the groups on the wire now */
     unsigned n_wire;
+    pthread_cond_t group_cv; /* a group came off the wire (hsbus_close waits for all) */
+
+    hsbus_async *apend_head; /* async requests sent, waiting for a reply, by deadline */
+    hsbus_async *apend_tail;
+    hsbus_async *adone_head; /* async requests whose callback is due, in order */
+    hsbus_async *adone_tail;
+    size_t n_async;          /* async requests whose callback has not returned yet */
+    pthread_cond_t async_cv; /* the completion thread: adone gained work or state changed */
+    pthread_t athread;       /* the completion thread, once athread_on */
+    bool athread_on;
 
     hsbus_handler handler;
     void *handler_arg;
     pthread_t workers[HSBUS_THREADS_MAX]; /* handler threads; written under mtx */
     unsigned n_workers;
 };
+
+/* The send group (see "sending"); connect, close and the pipe callback start and stop it. */
+static size_t hsbus_group_max(const hsbus_client *c);
+static void hsbus_group_cb(void *arg);
+static void hsbus_kick_locked(hsbus_client *c);
 
 /* ---- errors ------------------------------------------------------------------------------ */
 
@@ -661,7 +723,9 @@ static hsbus_msg *hsbus_msg_from_env(const hsb_envelope *env)
 
 /* ---- slots and calls --------------------------------------------------------------------- */
 
-static hsbus_err hsbus_slot_init(hsbus_client *c, hsbus_slot *s)
+/* hsbus_slot_init opens a slot's context; its aio calls cb(arg) on completion (NULL: the slot is
+ * used synchronously, with nng_aio_wait). */
+static hsbus_err hsbus_slot_init(hsbus_client *c, hsbus_slot *s, void (*cb)(void *), void *arg)
 {
     int rv;
 
@@ -670,7 +734,7 @@ static hsbus_err hsbus_slot_init(hsbus_client *c, hsbus_slot *s)
         return HSBUS_ENOMEM;
     }
     s->dec_ready = true;
-    rv = nng_aio_alloc(&s->aio, NULL, NULL);
+    rv = nng_aio_alloc(&s->aio, cb, arg);
     if (rv != 0) {
         return hsbus_fail_nng(c, rv, "nng_aio_alloc");
     }
@@ -734,19 +798,14 @@ static void hsbus_slot_put(hsbus_client *c, hsbus_slot *s)
     pthread_mutex_unlock(&c->mtx);
 }
 
-/*
- * hsbus_call runs one request/reply on slot s: encodes req, sends it, waits up to timeout_ms for
- * the reply and decodes it into *rep (owned by s->dec until the slot's next call). A reply with
- * ok == false becomes its error code. Blocks; runs on the thread that holds the slot.
- */
-static hsbus_err hsbus_call(hsbus_client *c, hsbus_slot *s, const hsb_request *req, int timeout_ms,
-                            hsb_reply *rep)
+/* hsbus_encode encodes req into a new nng message, *mp. Any thread; does not block. */
+static hsbus_err hsbus_encode(hsbus_client *c, const hsb_request *req, nng_msg **mp)
 {
     msgpack_packer pk;
     nng_msg *m = NULL;
-    hsb_err derr;
     int rv;
 
+    *mp = NULL;
     rv = nng_msg_alloc(&m, 0);
     if (rv != 0) {
         return hsbus_fail_nng(c, rv, "nng_msg_alloc");
@@ -759,11 +818,53 @@ static hsbus_err hsbus_call(hsbus_client *c, hsbus_slot *s, const hsb_request *r
         }
         (void)nng_msg_reserve(m, reserve); /* a hint: hsb_nng_write still grows on its own */
     }
-    s->refused = false;
     msgpack_packer_init(&pk, m, hsb_nng_write);
     if (hsb_enc_request(&pk, req) != HSB_OK) {
         nng_msg_free(m);
         return hsbus_fail(c, HSBUS_ENOMEM, "encoding %s failed", hsb_op_name(req->op));
+    }
+    *mp = m;
+    return HSBUS_OK;
+}
+
+/*
+ * hsbus_decode decodes m, the reply to a request of kind op, into *rep (owned by s->dec until the
+ * slot's next call) and frees m. A reply with ok == false becomes its error code and sets
+ * s->refused. Any thread; does not block.
+ */
+static hsbus_err hsbus_decode(hsbus_client *c, hsbus_slot *s, hsb_op op, nng_msg *m, hsb_reply *rep)
+{
+    hsb_err derr = hsb_dec_reply(&s->dec, op, nng_msg_body(m), nng_msg_len(m), rep);
+
+    nng_msg_free(m);
+    if (derr != HSB_OK) {
+        return hsbus_fail(c, (hsbus_err)derr, "bad %s reply: %s", hsb_op_name(op),
+                          hsb_dec_errmsg(&s->dec));
+    }
+    if (!rep->ok) {
+        hsbus_err err = rep->err != HSB_OK ? (hsbus_err)rep->err : HSBUS_EINTERNAL;
+        s->refused = true;
+        return hsbus_fail(c, err, "%s", rep->msg != NULL ? rep->msg : hsbus_strerror(err));
+    }
+    return HSBUS_OK;
+}
+
+/*
+ * hsbus_call runs one request/reply on slot s: encodes req, sends it, waits up to timeout_ms for
+ * the reply and decodes it into *rep (see hsbus_decode). Blocks; runs on the thread that holds the
+ * slot.
+ */
+static hsbus_err hsbus_call(hsbus_client *c, hsbus_slot *s, const hsb_request *req, int timeout_ms,
+                            hsb_reply *rep)
+{
+    nng_msg *m;
+    hsbus_err err;
+    int rv;
+
+    s->refused = false;
+    err = hsbus_encode(c, req, &m);
+    if (err != HSBUS_OK) {
+        return err;
     }
     nng_aio_set_msg(s->aio, m);
     nng_aio_set_timeout(s->aio, timeout_ms);
@@ -784,18 +885,7 @@ static hsbus_err hsbus_call(hsbus_client *c, hsbus_slot *s, const hsb_request *r
     }
     m = nng_aio_get_msg(s->aio);
     nng_aio_set_msg(s->aio, NULL);
-    derr = hsb_dec_reply(&s->dec, req->op, nng_msg_body(m), nng_msg_len(m), rep);
-    nng_msg_free(m);
-    if (derr != HSB_OK) {
-        return hsbus_fail(c, (hsbus_err)derr, "bad %s reply: %s", hsb_op_name(req->op),
-                          hsb_dec_errmsg(&s->dec));
-    }
-    if (!rep->ok) {
-        hsbus_err err = rep->err != HSB_OK ? (hsbus_err)rep->err : HSBUS_EINTERNAL;
-        s->refused = true;
-        return hsbus_fail(c, err, "%s", rep->msg != NULL ? rep->msg : hsbus_strerror(err));
-    }
-    return HSBUS_OK;
+    return hsbus_decode(c, s, req->op, m, rep);
 }
 
 /* hsbus_timeout clamps the client's timeout plus extra to what an nng duration can hold. */
@@ -1014,14 +1104,114 @@ static hsbus_err hsbus_do_fetch(hsbus_client *c, hsbus_slot *s, uint32_t max, ui
 
 /* ---- dispatch ---------------------------------------------------------------------------- */
 
+static hsbus_waiter **hsbus_wait_bucket(hsbus_client *c, uint64_t id)
+{
+    return &c->wait_tab[id % HSBUS_WAIT_BUCKETS];
+}
+
+static void hsbus_add_waiter_locked(hsbus_client *c, hsbus_waiter *w)
+{
+    hsbus_waiter **b = hsbus_wait_bucket(c, w->id);
+
+    w->next = *b;
+    *b = w;
+    c->n_waiters++;
+}
+
+/* hsbus_remove_waiter_locked unregisters w if it is registered. */
+static void hsbus_remove_waiter_locked(hsbus_client *c, hsbus_waiter *w)
+{
+    for (hsbus_waiter **pp = hsbus_wait_bucket(c, w->id); *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            c->n_waiters--;
+            return;
+        }
+    }
+}
+
 static hsbus_waiter *hsbus_find_waiter_locked(hsbus_client *c, uint64_t id)
 {
-    for (hsbus_waiter *w = c->waiters; w != NULL; w = w->next) {
+    for (hsbus_waiter *w = *hsbus_wait_bucket(c, id); w != NULL; w = w->next) {
         if (w->id == id && w->reply == NULL) {
             return w;
         }
     }
     return NULL;
+}
+
+/* hsbus_wake_waiters_locked wakes every synchronous requester (closing or lost) and the
+ * completion thread, which fails the asynchronous ones. */
+static void hsbus_wake_waiters_locked(hsbus_client *c)
+{
+    for (size_t i = 0; i < HSBUS_WAIT_BUCKETS; i++) {
+        for (hsbus_waiter *w = c->wait_tab[i]; w != NULL; w = w->next) {
+            if (w->async == NULL) {
+                pthread_cond_signal(&w->cv);
+            }
+        }
+    }
+    pthread_cond_broadcast(&c->async_cv);
+}
+
+/* ---- asynchronous requests: the completion list ----------------------------------------- */
+
+/* hsbus_apend_unlink_locked takes a out of the list of sent async requests. */
+static void hsbus_apend_unlink_locked(hsbus_client *c, hsbus_async *a)
+{
+    if (a->prev != NULL) {
+        a->prev->next = a->next;
+    } else {
+        c->apend_head = a->next;
+    }
+    if (a->next != NULL) {
+        a->next->prev = a->prev;
+    } else {
+        c->apend_tail = a->prev;
+    }
+    a->prev = a->next = NULL;
+}
+
+/* hsbus_apend_insert_locked adds a to the sent async requests, kept in deadline order. With one
+ * timeout for all (the usual case) it goes at the tail at once. */
+static void hsbus_apend_insert_locked(hsbus_client *c, hsbus_async *a)
+{
+    hsbus_async *after = c->apend_tail;
+
+    while (after != NULL && after->deadline_ms > a->deadline_ms) {
+        after = after->prev;
+    }
+    a->prev = after;
+    a->next = after != NULL ? after->next : c->apend_head;
+    if (a->next != NULL) {
+        a->next->prev = a;
+    } else {
+        c->apend_tail = a;
+    }
+    if (after != NULL) {
+        after->next = a;
+    } else {
+        c->apend_head = a;
+    }
+}
+
+/* hsbus_adone_push_locked makes a's callback due with err (HSBUS_OK: s.w.reply is set) and text
+ * (NULL: the code's description), and wakes the completion thread. */
+static void hsbus_adone_push_locked(hsbus_client *c, hsbus_async *a, hsbus_err err,
+                                    const char *text)
+{
+    a->err = err;
+    snprintf(a->text, sizeof(a->text), "%s",
+             text != NULL ? text : (err != HSBUS_OK ? hsbus_strerror(err) : ""));
+    a->prev = NULL;
+    a->next = NULL;
+    if (c->adone_tail != NULL) {
+        c->adone_tail->next = a;
+    } else {
+        c->adone_head = a;
+    }
+    c->adone_tail = a;
+    pthread_cond_signal(&c->async_cv);
 }
 
 typedef enum hsbus_route {
@@ -1048,7 +1238,13 @@ static hsbus_route hsbus_route_reply_locked(hsbus_client *c, hsbus_msg *m, bool 
         if (m->id != 0) {
             (void)hsbus_add_ack_locked(c, m->id);
         }
-        pthread_cond_signal(&w->cv);
+        if (w->async != NULL) {
+            hsbus_remove_waiter_locked(c, w);
+            hsbus_apend_unlink_locked(c, w->async);
+            hsbus_adone_push_locked(c, w->async, HSBUS_OK, NULL);
+        } else {
+            pthread_cond_signal(&w->cv);
+        }
         return HSBUS_ROUTE_TAKEN;
     }
     if (may_stash && c->n_wire > 0) {
@@ -1225,7 +1421,7 @@ static void *hsbus_recv_main(void *arg)
         pthread_mutex_lock(&c->mtx);
         /* The local queue bounds what we ask for (credit), unless a requester waits: its reply
          * must not be stuck behind a full queue. */
-        while (!c->closing && !c->lost && c->queue.len >= c->queue_max && c->waiters == NULL &&
+        while (!c->closing && !c->lost && c->queue.len >= c->queue_max && c->n_waiters == 0 &&
                c->sending == 0) {
             pthread_cond_wait(&c->queue_cv, &c->mtx);
         }
@@ -1266,7 +1462,7 @@ static hsbus_err hsbus_add_receiver(hsbus_client *c)
         return HSBUS_ENOMEM;
     }
     r->client = c;
-    err = hsbus_slot_init(c, &r->slot);
+    err = hsbus_slot_init(c, &r->slot, NULL, NULL);
     if (err != HSBUS_OK) {
         goto fail_slot;
     }
@@ -1391,13 +1587,13 @@ HSBUS_API hsbus_err hsbus_set_handler(hsbus_client *client, hsbus_handler fn, vo
 
 /*
  * hsbus_pipe_cb runs on an nng thread. ADD_PRE admits the first pipe only; REM_POST of that pipe
- * marks the client lost and aborts everything in flight (no aio here has a callback, so aborting
- * calls nothing of ours).
+ * marks the client lost and aborts everything in flight, outside c->mtx: the send groups' aios
+ * have a callback (hsbus_group_cb), which takes c->mtx.
  */
 static void hsbus_pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
 {
     hsbus_client *c = arg;
-    nng_aio *aios[HSBUS_THREADS_MAX];
+    nng_aio *aios[HSBUS_THREADS_MAX + HSBUS_GROUPS];
     unsigned n_aios = 0;
     bool reject = false;
 
@@ -1410,11 +1606,15 @@ static void hsbus_pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
         for (unsigned i = 0; i < c->n_recvs; i++) {
             aios[n_aios++] = c->recvs[i]->slot.aio;
         }
+        for (unsigned i = 0; i < HSBUS_GROUPS; i++) {
+            if (c->groups[i].slot.aio != NULL) {
+                aios[n_aios++] = c->groups[i].slot.aio;
+            }
+        }
         pthread_cond_broadcast(&c->slot_cv);
         pthread_cond_broadcast(&c->queue_cv);
-        for (hsbus_waiter *w = c->waiters; w != NULL; w = w->next) {
-            pthread_cond_signal(&w->cv);
-        }
+        hsbus_wake_waiters_locked(c);
+        hsbus_kick_locked(c); /* fails what is queued */
     } else {
         pthread_mutex_unlock(&c->mtx);
         return;
@@ -1521,10 +1721,17 @@ static void hsbus_free_client(hsbus_client *c)
         }
         free(c->slots);
     }
+    for (unsigned i = 0; i < HSBUS_GROUPS; i++) {
+        hsbus_slot_fini(&c->groups[i].slot);
+        free(c->groups[i].batch);
+        free(c->groups[i].envs);
+    }
     hsbus_list_free(&c->queue);
     hsbus_list_free(&c->orphans);
     free(c->acks);
     free(c->nacks);
+    pthread_cond_destroy(&c->async_cv);
+    pthread_cond_destroy(&c->group_cv);
     pthread_cond_destroy(&c->queue_cv);
     pthread_cond_destroy(&c->slot_cv);
     pthread_condattr_destroy(&c->cattr);
@@ -1568,6 +1775,8 @@ HSBUS_API hsbus_err hsbus_connect(const char *url, const hsbus_opts *opts, hsbus
     pthread_condattr_setclock(&c->cattr, CLOCK_MONOTONIC);
     pthread_cond_init(&c->slot_cv, &c->cattr);
     pthread_cond_init(&c->queue_cv, &c->cattr);
+    pthread_cond_init(&c->group_cv, &c->cattr);
+    pthread_cond_init(&c->async_cv, &c->cattr);
 
     rv = nng_req0_open(&c->sock);
     if (rv != 0) {
@@ -1596,7 +1805,7 @@ HSBUS_API hsbus_err hsbus_connect(const char *url, const hsbus_opts *opts, hsbus
         goto fail;
     }
     for (unsigned i = 0; i < c->n_slots; i++) {
-        err = hsbus_slot_init(c, &c->slots[i]);
+        err = hsbus_slot_init(c, &c->slots[i], NULL, NULL);
         if (err != HSBUS_OK) {
             goto fail;
         }
@@ -1623,6 +1832,21 @@ HSBUS_API hsbus_err hsbus_connect(const char *url, const hsbus_opts *opts, hsbus
         snprintf(text, sizeof(text), "hello: %s", hsbus_errmsg(c));
         (void)hsbus_fail(NULL, err, "%s", text);
         goto fail;
+    }
+    for (unsigned i = 0; i < HSBUS_GROUPS; i++) {
+        hsbus_group *g = &c->groups[i];
+        g->client = c;
+        g->batch = calloc(hsbus_group_max(c), sizeof(*g->batch));
+        g->envs = calloc(hsbus_group_max(c), sizeof(*g->envs));
+        if (g->batch == NULL || g->envs == NULL) {
+            err = hsbus_fail(NULL, HSBUS_ENOMEM, "no memory for send groups");
+            goto fail;
+        }
+        err = hsbus_slot_init(c, &g->slot, hsbus_group_cb, g);
+        if (err != HSBUS_OK) {
+            goto fail;
+        }
+        nng_ctx_set_ms(g->slot.ctx, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
     }
     for (unsigned i = c->n_slots; i-- > 0;) {
         c->slots[i].next_free = c->free_slots;
@@ -1667,9 +1891,8 @@ HSBUS_API void hsbus_close(hsbus_client **clientp)
     n_workers = c->n_workers;
     pthread_cond_broadcast(&c->slot_cv);
     pthread_cond_broadcast(&c->queue_cv);
-    for (hsbus_waiter *w = c->waiters; w != NULL; w = w->next) {
-        pthread_cond_signal(&w->cv);
-    }
+    hsbus_wake_waiters_locked(c);
+    hsbus_kick_locked(c); /* fails what is queued */
     pthread_mutex_unlock(&c->mtx);
     pthread_mutex_unlock(&c->start_mtx);
     for (unsigned i = 0; i < n_recvs; i++) {
@@ -1680,6 +1903,22 @@ HSBUS_API void hsbus_close(hsbus_client **clientp)
     }
     for (unsigned i = 0; i < n_workers; i++) {
         pthread_join(c->workers[i], NULL);
+    }
+    /* Send groups still on the wire fail at once (their callbacks finish their messages), then
+     * the completion thread runs every outstanding callback (HSBUS_ECLOSED) and ends. */
+    for (unsigned i = 0; i < HSBUS_GROUPS; i++) {
+        if (c->groups[i].slot.ctx_open) {
+            nng_ctx_close(c->groups[i].slot.ctx);
+        }
+    }
+    pthread_mutex_lock(&c->mtx);
+    while (c->n_wire > 0) {
+        pthread_cond_wait(&c->group_cv, &c->mtx);
+    }
+    pthread_cond_broadcast(&c->async_cv);
+    pthread_mutex_unlock(&c->mtx);
+    if (c->athread_on) {
+        pthread_join(c->athread, NULL);
     }
 
     /* 2. Flush acks and say bye on a slot of our own (all are free: this is the last call). */
@@ -1715,64 +1954,26 @@ HSBUS_API void hsbus_close(hsbus_client **clientp)
 
 /* ---- sending ----------------------------------------------------------------------------- */
 
-/* hsbus_send_envs sends envs[0..n) in one request and fills results[0..n). *refused (may be
- * NULL) tells whether a failure was the daemon refusing the request as a whole, so that nothing
- * of it was routed. */
-static hsbus_err hsbus_send_envs(hsbus_client *c, const hsb_envelope *envs, size_t n,
-                                 hsbus_result *results, bool *refused)
-{
-    hsb_request req;
-    hsb_reply rep;
-    hsbus_slot *s;
-    hsbus_err err;
-
-    err = hsbus_slot_get(c, &s);
-    if (err != HSBUS_OK) {
-        return err;
-    }
-    memset(&req, 0, sizeof(req));
-    req.op = HSB_OP_SEND;
-    req.u.send.msgs = (hsb_envelope *)envs; /* the encoder only reads */
-    req.u.send.n_msgs = n;
-    err = hsbus_call(c, s, &req, c->timeout_ms, &rep);
-    if (refused != NULL) {
-        *refused = err != HSBUS_OK && s->refused;
-    }
-    if (err == HSBUS_OK && rep.u.send.n_results != n) {
-        err = hsbus_fail(c, HSBUS_EBADMSG, "send: %zu results for %zu messages",
-                         rep.u.send.n_results, n);
-    }
-    if (err == HSBUS_OK) {
-        for (size_t i = 0; i < n; i++) {
-            const hsb_send_result *r = &rep.u.send.results[i];
-            results[i].id = r->id;
-            results[i].err = (hsbus_err)r->err;
-            snprintf(results[i].msg, sizeof(results[i].msg), "%s",
-                     r->err != HSB_OK && r->msg != NULL ? r->msg : "");
-        }
-    }
-    hsbus_slot_put(c, s);
-    return err;
-}
-
 /*
- * Grouped sends. hsbus_send, hsbus_reply and hsbus_request send one message each, and with many
- * threads calling them a request per message would cost one nng exchange (and its thread
- * hand-offs, on both sides) per message. So single messages queue in the client's send group; a
- * caller that finds fewer than HSBUS_GROUP_LEADERS groups on the wire becomes a leader and sends
- * everything queued in one send request, and callers arriving meanwhile queue behind it for the
- * next group. An idle client therefore sends at once (no linger timer, no added latency) and a busy
- * one sends as many messages per exchange as arrived during the previous one, like a database's
- * group commit. A leader stops leading as soon as its own message is answered and hands the role
- * to the first queued caller, so no caller waits for more than its group and the one before it.
+ * Grouped sends. hsbus_send, hsbus_reply, hsbus_request and hsbus_request_async send one message
+ * each, and with many callers a request per message would cost one nng exchange (and its thread
+ * hand-offs, on both sides) per message. So single messages queue in the client's send group, and
+ * at most HSBUS_GROUPS send requests are on the wire: whenever one of them is idle, everything
+ * queued (up to a batch and the request size limit) goes out in it. An idle client therefore sends
+ * at once (no linger timer, no added latency) and a busy one sends as many messages per exchange
+ * as arrived during the previous one, like a database's group commit.
+ *
+ * The groups are driven by nng callbacks on contexts of their own (hsbus_group_cb): no caller
+ * leads or waits for a group but its own. The callback that takes a group's answer records each
+ * message's outcome, wakes its caller (a synchronous request is registered for its reply instead,
+ * so its caller sleeps once), and starts the next group from the queue.
  *
  * One message of a group can make the daemon refuse the whole request (a malformed envelope is a
- * decode error, found before anything is routed): then each message is sent again alone, so that
- * every caller gets the answer its own message would have had.
+ * decode error, found before anything is routed): then each of its messages goes back to the head
+ * of the queue to be sent alone, so that every caller gets the answer its own message would have
+ * had.
  */
-#define HSBUS_GROUP_LEADERS 2 /* grouped send requests on the wire at once */
-_Static_assert(HSBUS_GROUP_LEADERS <= HSBUS_GROUP_LEADERS_MAX, "wire_seq holds every group");
-#define HSBUS_GROUP_STACK 16 /* groups up to this size need no allocation */
+_Static_assert(HSBUS_GROUPS >= 1 && HSBUS_GROUPS <= 8, "wire_seq holds every group");
 
 /*
  * hsbus_group_bytes is the most encoded bytes a group may carry: what one message of the largest
@@ -1783,6 +1984,12 @@ _Static_assert(HSBUS_GROUP_LEADERS <= HSBUS_GROUP_LEADERS_MAX, "wire_seq holds e
 static size_t hsbus_group_bytes(const hsbus_client *c)
 {
     return (size_t)c->max_body + HSBUS_ENV_OVERHEAD;
+}
+
+/* hsbus_group_max is the most messages of one group (the daemon's batch limit). */
+static size_t hsbus_group_max(const hsbus_client *c)
+{
+    return c->max_batch >= 1 && c->max_batch <= HSB_BATCH_MAX ? c->max_batch : 1;
 }
 
 /* hsbus_err_is_content is true for the codes of a request refused for what it contains. */
@@ -1800,72 +2007,58 @@ static void hsbus_sender_init(hsbus_client *c, hsbus_sender *s, const hsb_envelo
     pthread_cond_init(&s->w.cv, &c->cattr);
 }
 
-/* hsbus_sender_set records one message's outcome; on error the text is this thread's last one. */
-static void hsbus_sender_set(const hsbus_client *c, hsbus_sender *s, hsbus_err err,
-                             const hsbus_result *res)
+/* hsbus_sender_set records one message's outcome: err with its text, or res. */
+static void hsbus_sender_set(hsbus_sender *s, hsbus_err err, const hsbus_result *res,
+                             const char *text)
 {
     s->err = err;
     if (err != HSBUS_OK) {
-        snprintf(s->text, sizeof(s->text), "%s", hsbus_errmsg(c));
+        snprintf(s->text, sizeof(s->text), "%s", text);
     } else {
         s->res = *res;
     }
 }
 
-/*
- * hsbus_group_send sends the messages of batch[0..n) in one request and records each outcome.
- * Runs without c->mtx; blocks up to the call timeout, or twice that on the resend path: resends
- * that would start after the call timeout are not made (those messages get HSBUS_ETIMEDOUT; none
- * was routed, so a retry is safe). The errors recorded for other callers' messages do not change
- * this thread's own error text.
- */
-static void hsbus_group_send(hsbus_client *c, hsbus_sender **batch, size_t n)
+/* hsbus_copy_results copies n per-message outcomes of a send's reply into results. */
+static void hsbus_copy_results(const hsb_send_result *rs, size_t n, hsbus_result *results)
 {
-    hsb_envelope env_stack[HSBUS_GROUP_STACK];
-    hsbus_result res_stack[HSBUS_GROUP_STACK];
-    hsb_envelope *envs = env_stack;
-    hsbus_result *results = res_stack;
-    int64_t resend_until = hsbus_now_ms() + c->timeout_ms;
-    bool refused = false;
-    hsbus_err err;
-    __typeof__(hsbus_tl_err) saved = hsbus_tl_err;
+    for (size_t i = 0; i < n; i++) {
+        const hsb_send_result *r = &rs[i];
+        results[i].id = r->id;
+        results[i].err = (hsbus_err)r->err;
+        snprintf(results[i].msg, sizeof(results[i].msg), "%s",
+                 r->err != HSB_OK && r->msg != NULL ? r->msg : "");
+    }
+}
 
-    if (n > HSBUS_GROUP_STACK) {
-        envs = malloc(n * sizeof(*envs));
-        results = malloc(n * sizeof(*results));
+/* hsbus_send_envs sends envs[0..n) in one request on a pooled slot and fills results[0..n).
+ * Blocks up to the call timeout. */
+static hsbus_err hsbus_send_envs(hsbus_client *c, const hsb_envelope *envs, size_t n,
+                                 hsbus_result *results)
+{
+    hsb_request req;
+    hsb_reply rep;
+    hsbus_slot *s;
+    hsbus_err err;
+
+    err = hsbus_slot_get(c, &s);
+    if (err != HSBUS_OK) {
+        return err;
     }
-    if (envs == NULL || results == NULL) {
-        err = hsbus_fail(c, HSBUS_ENOMEM, "no memory to send %zu messages", n);
-        for (size_t i = 0; i < n; i++) {
-            hsbus_sender_set(c, batch[i], err, NULL);
-        }
-        goto out;
+    memset(&req, 0, sizeof(req));
+    req.op = HSB_OP_SEND;
+    req.u.send.msgs = (hsb_envelope *)envs; /* the encoder only reads */
+    req.u.send.n_msgs = n;
+    err = hsbus_call(c, s, &req, c->timeout_ms, &rep);
+    if (err == HSBUS_OK && rep.u.send.n_results != n) {
+        err = hsbus_fail(c, HSBUS_EBADMSG, "send: %zu results for %zu messages",
+                         rep.u.send.n_results, n);
     }
-    for (size_t i = 0; i < n; i++) {
-        envs[i] = *batch[i]->env;
+    if (err == HSBUS_OK) {
+        hsbus_copy_results(rep.u.send.results, n, results);
     }
-    err = hsbus_send_envs(c, envs, n, results, &refused);
-    for (size_t i = 0; i < n; i++) {
-        if (n > 1 && refused && hsbus_err_is_content(err)) {
-            /* The daemon refused the whole group for its content before routing any of it. */
-            hsbus_err e = hsbus_now_ms() < resend_until
-                              ? hsbus_send_envs(c, &envs[i], 1, &results[i], NULL)
-                              : hsbus_fail(c, HSBUS_ETIMEDOUT,
-                                           "not sent: its group was refused for another "
-                                           "message and the resends ran out of time");
-            hsbus_sender_set(c, batch[i], e, &results[i]);
-        } else {
-            hsbus_sender_set(c, batch[i], err, &results[i]);
-        }
-    }
-out:
-    hsbus_tl_err = saved;
-    if (envs != env_stack) {
-        free(envs);
-    }
-    if (results != res_stack) {
-        free(results);
-    }
+    hsbus_slot_put(c, s);
+    return err;
 }
 
 /* hsbus_claim_orphan_locked takes the stashed reply to message id (acking it), or returns NULL. */
@@ -1901,107 +2094,278 @@ static hsbus_msg *hsbus_claim_orphan_locked(hsbus_client *c, uint64_t id)
 
 /*
  * hsbus_finish_locked marks s answered. A request whose message was accepted becomes a waiter for
- * its reply (unless the reply overtook the answer and waits among the orphans) and is not woken:
- * its thread sleeps on until the reply comes. Every other sender is woken.
+ * its reply (unless the reply overtook the answer and waits among the orphans): a synchronous
+ * caller is not woken, it sleeps on until the reply comes; an asynchronous one joins the sent
+ * requests the completion thread times out. Every other synchronous sender is woken; an
+ * asynchronous request that failed has its callback made due.
  */
 static void hsbus_finish_locked(hsbus_client *c, hsbus_sender *s)
 {
+    hsbus_async *a = s->w.async;
+    bool accepted = s->err == HSBUS_OK && s->res.err == HSBUS_OK;
     bool wake = true;
 
     s->done = true;
     if (s->request) {
         c->sending--;
-        if (s->err == HSBUS_OK && s->res.err == HSBUS_OK) {
+    }
+    if (a != NULL) {
+        if (s->err != HSBUS_OK) {
+            hsbus_adone_push_locked(c, a, s->err, s->text);
+        } else if (s->res.err != HSBUS_OK) {
+            hsbus_adone_push_locked(c, a, s->res.err, s->res.msg[0] != '\0' ? s->res.msg : NULL);
+        } else if (c->closing || c->lost) {
+            hsbus_adone_push_locked(c, a, HSBUS_ECLOSED, "client closed or connection lost");
+        } else {
             s->w.id = s->res.id;
             s->w.reply = hsbus_claim_orphan_locked(c, s->res.id);
-            if (s->w.reply == NULL) {
-                s->w.next = c->waiters;
-                c->waiters = &s->w;
-                /* A leader must wake to hand its role on; an expired request to return
-                 * ETIMEDOUT; with the client closing or lost no reply will come. */
-                wake = s->lead || s->expired || c->closing || c->lost;
+            if (s->w.reply != NULL) {
+                hsbus_adone_push_locked(c, a, HSBUS_OK, NULL);
+            } else {
+                hsbus_add_waiter_locked(c, &s->w);
+                hsbus_apend_insert_locked(c, a);
+                pthread_cond_signal(&c->async_cv); /* its deadline may now be the nearest */
             }
+        }
+        return;
+    }
+    if (s->request && accepted) {
+        s->w.id = s->res.id;
+        s->w.reply = hsbus_claim_orphan_locked(c, s->res.id);
+        if (s->w.reply == NULL) {
+            hsbus_add_waiter_locked(c, &s->w);
+            /* An expired request must return ETIMEDOUT; with the client closing or lost no reply
+             * will come. */
+            wake = s->expired || c->closing || c->lost;
         }
     }
     if (wake) {
-        pthread_cond_signal(&s->w.cv);
+        pthread_cond_signal(&s->w.cv); /* s may be gone as soon as c->mtx is released */
     }
 }
 
-/* hsbus_lead_group_locked sends one group from the head of the queue. Called and returns with
- * c->mtx held; drops it while the group is on the wire. */
-static void hsbus_lead_group_locked(hsbus_client *c)
+/* hsbus_enqueue_locked appends s to the send group's queue. */
+static void hsbus_enqueue_locked(hsbus_client *c, hsbus_sender *s)
 {
-    hsbus_sender *batch[HSB_BATCH_MAX];
-    size_t max = c->max_batch >= 1 && c->max_batch <= HSB_BATCH_MAX ? c->max_batch : 1;
-    size_t n = 0, bytes = 0;
-
-    /* Alone in the queue: give the CPU away once before sending. Callers that are already
-     * runnable (typically requesters woken by the same batch of replies) then join this group
-     * instead of each starting the next one; with nothing else runnable sched_yield returns at
-     * once, so an idle client adds no delay. Measured: 22 % fewer send requests and +12 % round
-     * trips/s in reqrep-c16, and reqrep-c1 not slower (docs/rationale.md). */
-    if (c->group_head == c->group_tail) {
-        pthread_mutex_unlock(&c->mtx);
-        sched_yield();
-        pthread_mutex_lock(&c->mtx);
+    if (s->request) {
+        c->sending++;
+        pthread_cond_broadcast(&c->queue_cv); /* a receiver paused on a full queue must fetch */
     }
-    while (c->group_head != NULL && n < max) {
+    s->resend_until = hsbus_now_ms() + c->timeout_ms;
+    s->next = NULL;
+    if (c->group_tail != NULL) {
+        c->group_tail->next = s;
+    } else {
+        c->group_head = s;
+    }
+    c->group_tail = s;
+}
+
+/* hsbus_idle_group_locked returns a group that is not on the wire, or NULL. */
+static hsbus_group *hsbus_idle_group_locked(hsbus_client *c)
+{
+    for (unsigned i = 0; i < HSBUS_GROUPS; i++) {
+        if (!c->groups[i].busy) {
+            return &c->groups[i];
+        }
+    }
+    return NULL;
+}
+
+/* hsbus_take_group_locked moves the head of the queue into g: one solo message, or as many as the
+ * batch and byte limits allow, stopping before a solo one. */
+static void hsbus_take_group_locked(hsbus_client *c, hsbus_group *g)
+{
+    size_t max = hsbus_group_max(c), bytes = 0;
+
+    g->n = 0;
+    while (c->group_head != NULL && g->n < max) {
         hsbus_sender *s = c->group_head;
         size_t need = hsb_enc_envelope_bound(s->env);
-        if (n > 0 && bytes + need > hsbus_group_bytes(c)) {
+        if (g->n > 0 && (s->solo || bytes + need > hsbus_group_bytes(c))) {
             break;
         }
         c->group_head = s->next;
         if (c->group_head == NULL) {
             c->group_tail = NULL;
         }
-        batch[n++] = s;
+        g->batch[g->n++] = s;
         bytes += need;
+        if (s->solo) {
+            break;
+        }
     }
-    if (n == 0) {
-        return; /* while this leader yielded, another took everything queued */
+}
+
+static void hsbus_group_end(hsbus_client *c, hsbus_group *g, hsbus_err err, const hsb_reply *rep);
+
+/* hsbus_group_start encodes g's messages and hands the send to nng; its answer comes to
+ * hsbus_group_cb. Any thread, without c->mtx; does not block. */
+static void hsbus_group_start(hsbus_client *c, hsbus_group *g)
+{
+    hsb_request req;
+    nng_msg *m;
+    hsbus_err err;
+
+    for (size_t i = 0; i < g->n; i++) {
+        g->envs[i] = *g->batch[i]->env;
     }
-    uint64_t seq = ++c->group_seq;
-    c->wire_seq[c->n_wire++] = seq;
-    pthread_mutex_unlock(&c->mtx);
-    hsbus_group_send(c, batch, n);
+    memset(&req, 0, sizeof(req));
+    req.op = HSB_OP_SEND;
+    req.u.send.msgs = g->envs;
+    req.u.send.n_msgs = g->n;
+    g->slot.refused = false;
+    g->receiving = false;
+    g->timeout_ms = c->timeout_ms;
+    err = hsbus_encode(c, &req, &m);
+    if (err != HSBUS_OK) {
+        hsbus_group_end(c, g, err, NULL);
+        return;
+    }
+    nng_aio_set_msg(g->slot.aio, m);
+    nng_aio_set_timeout(g->slot.aio, g->timeout_ms);
+    nng_ctx_send(g->slot.ctx, g->slot.aio);
+}
+
+/*
+ * hsbus_kick_locked sends the queued messages in every idle group. When the client is closing or
+ * lost, queued messages fail instead (HSBUS_ECLOSED). Called and returns with c->mtx held; drops
+ * it while a group is encoded and handed to nng. The calling thread's error text is kept.
+ */
+static void hsbus_kick_locked(hsbus_client *c)
+{
+    hsbus_group *g;
+
+    while (c->group_head != NULL) {
+        if (c->closing || c->lost) {
+            hsbus_sender *s;
+            while ((s = c->group_head) != NULL) {
+                c->group_head = s->next;
+                hsbus_sender_set(s, HSBUS_ECLOSED, NULL, "client closed or connection lost");
+                hsbus_finish_locked(c, s);
+            }
+            c->group_tail = NULL;
+            return;
+        }
+        if ((g = hsbus_idle_group_locked(c)) == NULL) {
+            return;
+        }
+        hsbus_take_group_locked(c, g);
+        g->busy = true;
+        g->seq = ++c->group_seq;
+        c->wire_seq[c->n_wire++] = g->seq;
+        pthread_mutex_unlock(&c->mtx);
+        __typeof__(hsbus_tl_err) saved = hsbus_tl_err;
+        hsbus_group_start(c, g);
+        hsbus_tl_err = saved;
+        pthread_mutex_lock(&c->mtx);
+    }
+}
+
+/*
+ * hsbus_group_end records the outcome of g's messages (err; HSBUS_OK: rep holds their results),
+ * finishes them, frees g and sends what queued meanwhile. A group refused as a whole for its
+ * content goes back to the head of the queue one message at a time (each solo), unless the call
+ * timeout has passed since it was queued (then HSBUS_ETIMEDOUT: none was routed, so a retry is
+ * safe). Runs on an nng thread (or the thread whose encode failed), without c->mtx.
+ */
+static void hsbus_group_end(hsbus_client *c, hsbus_group *g, hsbus_err err, const hsb_reply *rep)
+{
+    hsbus_result res;
+    hsbus_sender *resend = NULL, **tail = &resend, *last = NULL;
+    bool refused = err != HSBUS_OK && g->n > 1 && g->slot.refused && hsbus_err_is_content(err);
+    int64_t now = hsbus_now_ms();
+    size_t done = 0;
+
+    if (err == HSBUS_OK && rep->u.send.n_results != g->n) {
+        err = hsbus_fail(c, HSBUS_EBADMSG, "send: %zu results for %zu messages",
+                         rep->u.send.n_results, g->n);
+    }
+    for (size_t i = 0; i < g->n; i++) {
+        hsbus_sender *s = g->batch[i];
+        if (refused && now < s->resend_until) {
+            s->solo = true;
+            *tail = last = s;
+            tail = &s->next;
+            continue;
+        }
+        if (refused) {
+            hsbus_sender_set(s, HSBUS_ETIMEDOUT, NULL,
+                             "not sent: its group was refused for another message and the "
+                             "resends ran out of time");
+        } else if (err != HSBUS_OK) {
+            hsbus_sender_set(s, err, NULL, hsbus_errmsg(c));
+        } else {
+            hsbus_copy_results(&rep->u.send.results[i], 1, &res);
+            hsbus_sender_set(s, HSBUS_OK, &res, NULL);
+        }
+        g->batch[done++] = s;
+    }
     pthread_mutex_lock(&c->mtx);
     for (unsigned i = 0; i < c->n_wire; i++) {
-        if (c->wire_seq[i] == seq) {
+        if (c->wire_seq[i] == g->seq) {
             c->wire_seq[i] = c->wire_seq[--c->n_wire];
             break;
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        hsbus_finish_locked(c, batch[i]); /* batch[i] may be gone once its thread wakes */
+    if (resend != NULL) {
+        *tail = c->group_head;
+        c->group_head = resend;
+        if (c->group_tail == NULL) {
+            c->group_tail = last;
+        }
     }
+    for (size_t i = 0; i < done; i++) {
+        hsbus_finish_locked(c, g->batch[i]); /* batch[i] may be gone once its thread wakes */
+    }
+    g->busy = false;
+    g->n = 0;
     if (c->orphans.len > 0) {
         hsbus_release_orphans_locked(c); /* what this group's answer leaves unclaimed */
     }
+    pthread_cond_broadcast(&c->group_cv);
+    hsbus_kick_locked(c);
+    pthread_mutex_unlock(&c->mtx);
 }
 
-/* hsbus_handoff_locked ends s's lead: the first queued caller not yet leading leads instead, so
- * queued messages always have a leader. */
-static void hsbus_handoff_locked(hsbus_client *c, hsbus_sender *s)
+/* hsbus_group_cb drives a group on nng's thread: the send went out (now receive its answer), or
+ * the answer came, or either failed. */
+static void hsbus_group_cb(void *arg)
 {
-    s->lead = false;
-    for (hsbus_sender *q = c->group_head; q != NULL; q = q->next) {
-        if (!q->lead) {
-            q->lead = true;
-            pthread_cond_signal(&q->w.cv);
-            return;
-        }
+    hsbus_group *g = arg;
+    hsbus_client *c = g->client;
+    nng_aio *aio = g->slot.aio;
+    int rv = nng_aio_result(aio);
+    hsb_reply rep;
+    hsbus_err err;
+    nng_msg *m;
+
+    if (!g->receiving && rv == 0) {
+        g->receiving = true;
+        nng_aio_set_timeout(aio, g->timeout_ms);
+        nng_ctx_recv(g->slot.ctx, aio);
+        return;
     }
-    c->group_leaders--;
+    if (rv != 0) {
+        if (!g->receiving) {
+            nng_msg_free(nng_aio_get_msg(aio)); /* a failed send leaves the message with us */
+            nng_aio_set_msg(aio, NULL);
+        }
+        hsbus_group_end(c, g, hsbus_fail_nng(c, rv, "send"), NULL);
+        return;
+    }
+    m = nng_aio_get_msg(aio);
+    nng_aio_set_msg(aio, NULL);
+    err = hsbus_decode(c, &g->slot, HSB_OP_SEND, m, &rep);
+    hsbus_group_end(c, g, err, err == HSBUS_OK ? &rep : NULL);
 }
 
 /*
  * hsbus_group_run queues s in the send group and returns when its message is answered or, for a
  * request, when its reply came, the client closed or deadline_ms passed (only once the message is
- * answered: a queued message cannot be withdrawn; the leader's call timeout bounds that wait).
- * While s leads, it sends groups. Blocks. Returns HSBUS_ECLOSED, HSBUS_ETIMEDOUT (no reply in
- * time) or HSBUS_OK; the message's own outcome is in s.
+ * answered: a queued message cannot be withdrawn; the group's call timeout bounds that wait).
+ * Blocks. Returns HSBUS_ECLOSED, HSBUS_ETIMEDOUT (no reply in time) or HSBUS_OK; the message's own
+ * outcome is in s.
  */
 static hsbus_err hsbus_group_run(hsbus_client *c, hsbus_sender *s, int64_t deadline_ms)
 {
@@ -2013,32 +2377,23 @@ static hsbus_err hsbus_group_run(hsbus_client *c, hsbus_sender *s, int64_t deadl
         pthread_mutex_unlock(&c->mtx);
         return HSBUS_ECLOSED;
     }
-    if (s->request) {
-        c->sending++;
-        pthread_cond_broadcast(&c->queue_cv); /* a receiver paused on a full queue must fetch */
+    hsbus_enqueue_locked(c, s);
+    /* Alone in the queue: give the CPU away once before sending. Callers that are already
+     * runnable (typically requesters woken by the same batch of replies) then join this group
+     * instead of each starting the next one; with nothing else runnable sched_yield returns at
+     * once, so an idle client adds no delay. Measured: 22 % fewer send requests and +12 % round
+     * trips/s in reqrep-c16, and reqrep-c1 not slower (docs/rationale.md). */
+    if (c->group_head == s && c->group_tail == s && hsbus_idle_group_locked(c) != NULL) {
+        pthread_mutex_unlock(&c->mtx);
+        sched_yield();
+        pthread_mutex_lock(&c->mtx);
     }
-    if (c->group_tail != NULL) {
-        c->group_tail->next = s;
-    } else {
-        c->group_head = s;
-    }
-    c->group_tail = s;
-    if (c->group_leaders < HSBUS_GROUP_LEADERS) {
-        c->group_leaders++;
-        s->lead = true;
-    }
+    hsbus_kick_locked(c);
     for (;;) {
-        if (s->lead && !s->done && c->group_head != NULL) {
-            hsbus_lead_group_locked(c);
-            continue;
-        }
-        if (s->lead && s->done) {
-            hsbus_handoff_locked(c, s);
-        }
         if (!s->done) {
-            /* Queued, or taken by another leader's group: its finish wakes us. A request notes
-             * when its deadline passes, so that the finish wakes it rather than leaving it
-             * registered for a reply it no longer waits for. */
+            /* Queued or on the wire: its finish wakes us. A request notes when its deadline
+             * passes, so that the finish wakes it rather than leaving it registered for a reply
+             * it no longer waits for. */
             if (s->request && !s->expired) {
                 if (pthread_cond_timedwait(&s->w.cv, &c->mtx, &until) == ETIMEDOUT) {
                     s->expired = true;
@@ -2060,11 +2415,8 @@ static hsbus_err hsbus_group_run(hsbus_client *c, hsbus_sender *s, int64_t deadl
             break;
         }
     }
-    for (hsbus_waiter **pp = &c->waiters; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == &s->w) {
-            *pp = s->w.next;
-            break;
-        }
+    if (s->request && s->err == HSBUS_OK && s->res.err == HSBUS_OK) {
+        hsbus_remove_waiter_locked(c, &s->w);
     }
     pthread_mutex_unlock(&c->mtx);
     return err;
@@ -2128,7 +2480,7 @@ HSBUS_API hsbus_err hsbus_send_batch(hsbus_client *client, const hsbus_msg *msgs
     for (size_t i = 0; i < n; i++) {
         hsbus_env_from_msg(&envs[i], &msgs[i]);
     }
-    err = hsbus_send_envs(client, envs, n, results, NULL);
+    err = hsbus_send_envs(client, envs, n, results);
     free(envs);
     return err;
 }
@@ -2184,6 +2536,30 @@ static hsbus_err hsbus_sys_error(hsbus_client *c, const hsbus_msg *m)
     return hsbus_fail(c, err, "%s", text[0] != '\0' ? text : hsbus_strerror(err));
 }
 
+/* hsbus_take_reply turns a reply that is a sys.error into its code and text (freeing it). */
+static hsbus_err hsbus_take_reply(hsbus_client *c, hsbus_msg **reply)
+{
+    hsbus_err err = HSBUS_OK;
+
+    if (strcmp((*reply)->type, "sys.error") == 0) {
+        err = hsbus_sys_error(c, *reply);
+        hsbus_msg_free(reply);
+    }
+    return err;
+}
+
+/* hsbus_request_msg makes the envelope of a request: msg with its ttl defaulting to timeout_ms,
+ * so the daemon drops it when nobody could still be waiting. req must outlive env. */
+static void hsbus_request_msg(const hsbus_msg *msg, int timeout_ms, hsbus_msg *req,
+                              hsb_envelope *env)
+{
+    *req = *msg; /* shallow: the body is only read */
+    if (req->ttl_ms == 0) {
+        req->ttl_ms = (uint32_t)timeout_ms;
+    }
+    hsbus_env_from_msg(env, req);
+}
+
 HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, int timeout_ms,
                                   hsbus_msg **reply)
 {
@@ -2206,11 +2582,7 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
     if (err != HSBUS_OK) {
         return err;
     }
-    req = *msg; /* shallow: the body stays the caller's and is only read */
-    if (req.ttl_ms == 0) {
-        req.ttl_ms = (uint32_t)timeout_ms;
-    }
-    hsbus_env_from_msg(&env, &req);
+    hsbus_request_msg(msg, timeout_ms, &req, &env);
     hsbus_sender_init(c, &s, &env, true);
     err = hsbus_group_run(c, &s, hsbus_now_ms() + timeout_ms);
     if (err == HSBUS_ECLOSED) {
@@ -2218,16 +2590,183 @@ HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, in
     } else if (err == HSBUS_ETIMEDOUT) {
         err = hsbus_fail(c, err, "no reply to message %llu in %d ms", (unsigned long long)s.res.id,
                          timeout_ms);
-    } else if ((err = hsbus_sender_result(c, &s)) == HSBUS_OK) {
-        if (strcmp(s.w.reply->type, "sys.error") == 0) {
-            err = hsbus_sys_error(c, s.w.reply);
-            hsbus_msg_free(&s.w.reply);
-        } else {
-            *reply = s.w.reply;
-        }
+    } else if ((err = hsbus_sender_result(c, &s)) == HSBUS_OK &&
+               (err = hsbus_take_reply(c, &s.w.reply)) == HSBUS_OK) {
+        *reply = s.w.reply;
     }
     pthread_cond_destroy(&s.w.cv);
     return err;
+}
+
+/* ---- asynchronous requests --------------------------------------------------------------- */
+
+/*
+ * hsbus_request_async queues its request in the send group and returns. Its callback runs on the
+ * client's completion thread (hsbus_async_main), one callback at a time: when the reply is routed
+ * to it (hsbus_route_reply_locked), when its send fails (hsbus_finish_locked), when its deadline
+ * passes, or when the client closes or is lost. Requests made by callbacks are only queued while
+ * the completion thread runs a batch of callbacks (hsbus_tl_cork) and go out together after it:
+ * 16 replies fetched together become one send request of 16 new requests.
+ */
+static _Thread_local const hsbus_client *hsbus_tl_cork;
+
+/* hsbus_async_free frees an async request, its message copy and a reply it still holds. */
+static void hsbus_async_free(hsbus_async *a)
+{
+    hsbus_msg_free(&a->s.w.reply);
+    free(a->msg.body);
+    free(a);
+}
+
+/* hsbus_async_call runs a's callback with its outcome (and this thread's error text set) and
+ * frees it. Completion thread, without c->mtx. */
+static void hsbus_async_call(hsbus_client *c, hsbus_async *a)
+{
+    hsbus_msg *reply = NULL;
+    hsbus_err err = a->err;
+
+    if (err == HSBUS_OK) {
+        err = hsbus_take_reply(c, &a->s.w.reply);
+        reply = a->s.w.reply;
+        a->s.w.reply = NULL;
+    } else {
+        (void)hsbus_fail(c, err, "%s", a->text);
+    }
+    a->fn(c, err, reply, a->arg);
+    hsbus_async_free(a);
+}
+
+/*
+ * hsbus_async_main is the completion thread: it fails sent requests whose deadline passed (or all
+ * of them once the client is closing or lost), runs due callbacks in order, then sends what they
+ * queued. It ends when the client is closing and every async request has had its callback.
+ */
+static void *hsbus_async_main(void *arg)
+{
+    hsbus_client *c = arg;
+    hsbus_async *a, *due;
+    size_t ran;
+
+    pthread_mutex_lock(&c->mtx);
+    for (;;) {
+        int64_t now = hsbus_now_ms();
+        while ((a = c->apend_head) != NULL && (a->deadline_ms <= now || c->closing || c->lost)) {
+            hsbus_apend_unlink_locked(c, a);
+            hsbus_remove_waiter_locked(c, &a->s.w);
+            if (c->closing || c->lost) {
+                hsbus_adone_push_locked(c, a, HSBUS_ECLOSED,
+                                        "closed or connection lost while waiting");
+            } else {
+                char text[96];
+                snprintf(text, sizeof(text), "no reply to message %llu in %d ms",
+                         (unsigned long long)a->s.w.id, a->timeout_ms);
+                hsbus_adone_push_locked(c, a, HSBUS_ETIMEDOUT, text);
+            }
+        }
+        if ((due = c->adone_head) != NULL) {
+            c->adone_head = c->adone_tail = NULL;
+            pthread_mutex_unlock(&c->mtx);
+            hsbus_tl_cork = c;
+            for (ran = 0; due != NULL; ran++) {
+                a = due;
+                due = a->next;
+                hsbus_async_call(c, a);
+            }
+            hsbus_tl_cork = NULL;
+            pthread_mutex_lock(&c->mtx);
+            c->n_async -= ran;
+            hsbus_kick_locked(c); /* what the callbacks queued */
+            pthread_cond_broadcast(&c->group_cv);
+            continue;
+        }
+        if (c->closing && c->n_async == 0) {
+            break;
+        }
+        if (c->apend_head != NULL && !c->closing && !c->lost) {
+            struct timespec until = hsbus_abstime(c->apend_head->deadline_ms);
+            (void)pthread_cond_timedwait(&c->async_cv, &c->mtx, &until);
+        } else {
+            pthread_cond_wait(&c->async_cv, &c->mtx);
+        }
+    }
+    pthread_mutex_unlock(&c->mtx);
+    return NULL;
+}
+
+/* hsbus_ensure_async starts the completion thread once. Serialised with hsbus_close by
+ * start_mtx, like hsbus_ensure. */
+static hsbus_err hsbus_ensure_async(hsbus_client *c)
+{
+    hsbus_err err = HSBUS_OK;
+
+    pthread_mutex_lock(&c->start_mtx);
+    pthread_mutex_lock(&c->mtx);
+    if (c->closing || c->lost) {
+        err = hsbus_fail(c, HSBUS_ECLOSED, "client closed or connection lost");
+    } else if (!c->athread_on) {
+        if (pthread_create(&c->athread, NULL, hsbus_async_main, c) != 0) {
+            err = hsbus_fail(c, HSBUS_EIO, "starting the completion thread failed");
+        } else {
+            c->athread_on = true;
+        }
+    }
+    pthread_mutex_unlock(&c->mtx);
+    pthread_mutex_unlock(&c->start_mtx);
+    return err;
+}
+
+HSBUS_API hsbus_err hsbus_request_async(hsbus_client *client, const hsbus_msg *msg, int timeout_ms,
+                                        hsbus_reply_fn fn, void *arg)
+{
+    hsbus_client *c = client;
+    hsbus_async *a;
+    hsbus_err err;
+
+    if (c == NULL || msg == NULL || fn == NULL || (msg->body == NULL && msg->body_len > 0)) {
+        return HSBUS_EINVAL;
+    }
+    if (timeout_ms <= 0) {
+        timeout_ms = c->timeout_ms;
+    }
+    if ((err = hsbus_ensure(c, 1, 0)) != HSBUS_OK || (err = hsbus_ensure_async(c)) != HSBUS_OK) {
+        return err;
+    }
+    a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        return hsbus_fail(c, HSBUS_ENOMEM, "no memory for a request");
+    }
+    hsbus_request_msg(msg, timeout_ms, &a->msg, &a->env);
+    a->msg.body = NULL;
+    if (msg->body_len > 0) {
+        a->msg.body = malloc(msg->body_len);
+        if (a->msg.body == NULL) {
+            free(a);
+            return hsbus_fail(c, HSBUS_ENOMEM, "no memory for a %zu-byte body", msg->body_len);
+        }
+        memcpy(a->msg.body, msg->body, msg->body_len);
+    }
+    hsbus_env_from_msg(&a->env, &a->msg); /* again: the envelope must point at the copy */
+    a->s.env = &a->env;
+    a->s.request = true;
+    a->s.w.async = a;
+    a->fn = fn;
+    a->arg = arg;
+    a->timeout_ms = timeout_ms;
+    a->deadline_ms = hsbus_now_ms() + timeout_ms;
+
+    pthread_mutex_lock(&c->mtx);
+    if (c->closing || c->lost) {
+        pthread_mutex_unlock(&c->mtx);
+        hsbus_async_free(a);
+        return hsbus_fail(c, HSBUS_ECLOSED, "client closed or connection lost");
+    }
+    c->n_async++;
+    hsbus_enqueue_locked(c, &a->s);
+    if (hsbus_tl_cork != c) {
+        hsbus_kick_locked(c);
+    }
+    pthread_mutex_unlock(&c->mtx);
+    return HSBUS_OK;
 }
 
 /* ---- fetching ---------------------------------------------------------------------------- */

@@ -258,6 +258,32 @@ HSBUS_API hsbus_err hsbus_reply(hsbus_client *client, const hsbus_msg *req, cons
 HSBUS_API hsbus_err hsbus_request(hsbus_client *client, const hsbus_msg *msg, int timeout_ms,
                                   hsbus_msg **reply);
 
+/*
+ * hsbus_reply_fn receives the outcome of one hsbus_request_async: err == HSBUS_OK with reply, the
+ * reply message (owned by the callee, who frees it with hsbus_msg_free), or an error with reply ==
+ * NULL and its text in hsbus_errmsg(client) during the call. It runs on the client's completion
+ * thread, one callback at a time, with no library lock held. It may call any function of the
+ * client except hsbus_close; a blocking call there delays the other callbacks.
+ */
+typedef void (*hsbus_reply_fn)(hsbus_client *client, hsbus_err err, hsbus_msg *reply, void *arg);
+
+/*
+ * hsbus_request_async sends msg as hsbus_request does but returns without waiting: on HSBUS_OK,
+ * fn(client, err, reply, arg) is called exactly once, later, on the completion thread, with
+ * the reply, or with the error hsbus_request would have returned (the daemon's per-message code,
+ * HSBUS_ETIMEDOUT after timeout_ms (<= 0: the call timeout), the code of a sys.error, or
+ * HSBUS_ECLOSED when the client closes or loses its connection first: hsbus_close runs the
+ * callbacks still due before it returns). On any other return fn is never called. The message is
+ * copied (body included), so the caller keeps msg. Requests made from callbacks while replies come
+ * in together are sent together: a callback that answers each reply with the next request keeps
+ * requests in flight without a thread per request. Starts the receiver and completion threads on
+ * first use. Any thread; does not block beyond a lock (the message is queued in the send group).
+ * Errors: HSBUS_EINVAL (NULL client, msg or fn), HSBUS_ENOMEM, HSBUS_ECLOSED, HSBUS_EIO (no
+ * thread).
+ */
+HSBUS_API hsbus_err hsbus_request_async(hsbus_client *client, const hsbus_msg *msg, int timeout_ms,
+                                        hsbus_reply_fn fn, void *arg);
+
 /* ---- receiving --------------------------------------------------------------------------- */
 
 /*

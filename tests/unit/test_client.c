@@ -744,12 +744,12 @@ static int fake_held(fake *f)
     return held;
 }
 
-/* Both group leaders of c (HSBUS_GROUP_LEADERS) are made to send to "hold", one at a time (two
+/* Both send groups of c (HSBUS_GROUPS) are made to carry a send to "hold", one at a time (two
  * started together could share one group), and the fake keeps both sends until fake_release:
  * whatever is sent next queues behind them in the client. */
 enum { N_HOLD = 2 };
 
-static void tc_hold_leaders(fake *f, hsbus_client *c, tc_send_arg *hold, pthread_t *th)
+static void tc_hold_groups(fake *f, hsbus_client *c, tc_send_arg *hold, pthread_t *th)
 {
     pthread_mutex_lock(&f->mtx);
     f->hold = true;
@@ -757,7 +757,7 @@ static void tc_hold_leaders(fake *f, hsbus_client *c, tc_send_arg *hold, pthread
     for (int i = 0; i < N_HOLD; i++) {
         hold[i] = (tc_send_arg){.c = c, .to = "hold"};
         assert_int_equal(pthread_create(&th[i], NULL, tc_send_thread, &hold[i]), 0);
-        while (fake_held(f) < i + 1) { /* this leader's group is on the wire now */
+        while (fake_held(f) < i + 1) { /* this send is on the wire now */
             usleep(1000);
         }
     }
@@ -772,7 +772,7 @@ static void fake_release(fake *f)
 }
 
 /*
- * While both group leaders' sends are held by the fake daemon, single sends from other threads
+ * While both send groups are held by the fake daemon, single sends from other threads
  * queue and then go out together in one request; one malformed message among them makes the
  * daemon refuse that request as a whole, and every message is then sent again alone, so each
  * caller gets its own message's answer: the valid ones are accepted, the malformed one refused.
@@ -786,14 +786,14 @@ static void test_send_group(void **state)
     pthread_t th_hold[N_HOLD], th_good[N_GOOD], th_bad;
 
     (void)state;
-    tc_hold_leaders(f, c, hold, th_hold);
+    tc_hold_groups(f, c, hold, th_hold);
     for (int i = 0; i < N_GOOD; i++) {
         good[i] = (tc_send_arg){.c = c, .to = "void"};
         assert_int_equal(pthread_create(&th_good[i], NULL, tc_send_thread, &good[i]), 0);
     }
     bad = (tc_send_arg){.c = c, .to = "Not A Name"};
     assert_int_equal(pthread_create(&th_bad, NULL, tc_send_thread, &bad), 0);
-    usleep(200 * 1000); /* let them queue behind the held leaders (not a timing assertion) */
+    usleep(200 * 1000); /* let them queue behind the held groups (not a timing assertion) */
     fake_release(f);
 
     for (int i = 0; i < N_HOLD; i++) {
@@ -803,7 +803,7 @@ static void test_send_group(void **state)
     for (int i = 0; i < N_GOOD; i++) {
         pthread_join(th_good[i], NULL);
         assert_int_equal(good[i].err, HSBUS_OK);
-        /* A leader records the others' errors without taking their text as its own. */
+        /* Another message's error does not become this caller's text. */
         assert_string_equal(good[i].errmsg, "");
     }
     pthread_join(th_bad, NULL);
@@ -838,7 +838,7 @@ static void *tc_timeout_thread(void *p)
 }
 
 /*
- * Requests that queued behind busy leaders and went out in another thread's group still honour
+ * Requests that queued behind busy groups and went out in a later group still honour
  * their timeout: each returns HSBUS_ETIMEDOUT although no reply ever comes (they used to sleep
  * until a reply or the client's end).
  */
@@ -853,7 +853,7 @@ static void test_request_timeout_grouped(void **state)
     int finished = 0;
 
     (void)state;
-    tc_hold_leaders(f, c, hold, th_hold);
+    tc_hold_groups(f, c, hold, th_hold);
     for (int i = 0; i < N_REQ; i++) {
         req[i] = (tc_timeout_arg){.c = c};
         assert_int_equal(pthread_create(&th_req[i], NULL, tc_timeout_thread, &req[i]), 0);
@@ -958,6 +958,277 @@ static void test_request_grouped(void **state)
     pthread_mutex_lock(&f->mtx);
     assert_true(f->group_max > 1);
     assert_true(f->send_reqs < 16 * 50);
+    pthread_mutex_unlock(&f->mtx);
+    hsbus_close(&c);
+    fake_stop(f);
+}
+
+/* ---- asynchronous requests --------------------------------------------------------------- */
+
+/* What the callbacks saw. They run on the client's completion thread, where cmocka must not
+ * assert: they record, and the test thread asserts. */
+typedef struct tc_async {
+    pthread_mutex_t mtx;
+    pthread_cond_t cv;
+    int per_chain; /* requests each chain makes */
+    int running;   /* chains not finished */
+    int calls;     /* callbacks run */
+    int ok;        /* replies with the right body */
+    int bad;       /* anything else */
+    int threads;   /* distinct callback threads seen (1 expected) */
+    pthread_t cb_thread;
+    hsbus_err errs[8]; /* one-shot requests: each callback's code and text, by index */
+    char texts[8][128];
+    hsbus_err again[8]; /* what hsbus_request_async returned when called from that callback */
+} tc_async;
+
+typedef struct tc_chain {
+    tc_async *a;
+    int id, n;
+    char text[32];
+    hsbus_msg m;
+} tc_chain;
+
+static void tc_async_init(tc_async *a)
+{
+    memset(a, 0, sizeof(*a));
+    pthread_mutex_init(&a->mtx, NULL);
+    pthread_cond_init(&a->cv, NULL);
+}
+
+/* tc_async_wait waits (bounded: 30 s, so a lost callback fails the test instead of hanging it)
+ * until calls reaches want; returns the calls seen. */
+static int tc_async_wait(tc_async *a, int want)
+{
+    int calls;
+
+    pthread_mutex_lock(&a->mtx);
+    for (int t = 0; t < 3000 && a->calls < want; t++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&a->cv, &a->mtx, &ts);
+    }
+    calls = a->calls;
+    pthread_mutex_unlock(&a->mtx);
+    return calls;
+}
+
+/* tc_chain_next makes chain ch's next request (every 7th to "early": its reply overtakes the
+ * send's answer). No cmocka here: this runs on the completion thread too. */
+static hsbus_err tc_chain_next(hsbus_client *c, tc_chain *ch);
+
+static void tc_chain_cb(hsbus_client *c, hsbus_err err, hsbus_msg *reply, void *arg)
+{
+    tc_chain *ch = arg;
+    tc_async *a = ch->a;
+    const uint8_t *b;
+    size_t n;
+    bool good = err == HSBUS_OK && reply != NULL &&
+                hsbus_msg_body_bytes(reply, &b, &n) == HSBUS_OK && n == strlen(ch->text) &&
+                memcmp(b, ch->text, n) == 0;
+    bool more;
+
+    hsbus_msg_free(&reply);
+    pthread_mutex_lock(&a->mtx);
+    if (a->threads == 0 || !pthread_equal(a->cb_thread, pthread_self())) {
+        a->threads++;
+        a->cb_thread = pthread_self();
+    }
+    a->calls++;
+    if (good) {
+        a->ok++;
+    } else {
+        a->bad++;
+    }
+    more = ++ch->n < a->per_chain;
+    pthread_mutex_unlock(&a->mtx);
+    if (more && tc_chain_next(c, ch) == HSBUS_OK) {
+        return;
+    }
+    pthread_mutex_lock(&a->mtx);
+    a->running--;
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mtx);
+}
+
+static hsbus_err tc_chain_next(hsbus_client *c, tc_chain *ch)
+{
+    hsbus_err err;
+
+    snprintf(ch->text, sizeof(ch->text), "c%d-r%d", ch->id, ch->n);
+    hsbus_msg_clear(&ch->m);
+    snprintf(ch->m.to, sizeof(ch->m.to), "%s", ch->n % 7 == 6 ? "early" : "echo");
+    snprintf(ch->m.type, sizeof(ch->m.type), "test.msg");
+    err = hsbus_msg_set_body_str(&ch->m, ch->text, strlen(ch->text));
+    if (err == HSBUS_OK) {
+        err = hsbus_request_async(c, &ch->m, 5000, tc_chain_cb, ch);
+    }
+    hsbus_msg_clear(&ch->m); /* the library copied it */
+    return err;
+}
+
+/*
+ * Chains of hsbus_request_async, each callback making the chain's next request: every reply
+ * reaches its own callback (the right body), all callbacks run on one thread, and requests made
+ * by callbacks for replies that came together go out together (send requests carried several
+ * messages, fewer requests than messages).
+ */
+static void test_request_async_chains(void **state)
+{
+    enum { N_CHAINS = 8, PER_CHAIN = 20 };
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    tc_chain ch[N_CHAINS];
+    tc_async a;
+
+    (void)state;
+    tc_async_init(&a);
+    a.per_chain = PER_CHAIN;
+    a.running = N_CHAINS;
+    for (int i = 0; i < N_CHAINS; i++) {
+        ch[i] = (tc_chain){.a = &a, .id = i};
+        hsbus_msg_init(&ch[i].m);
+        assert_int_equal(tc_chain_next(c, &ch[i]), HSBUS_OK);
+    }
+    assert_int_equal(tc_async_wait(&a, N_CHAINS * PER_CHAIN), N_CHAINS * PER_CHAIN);
+    pthread_mutex_lock(&a.mtx);
+    while (a.running > 0) { /* the last callbacks are returning */
+        pthread_cond_wait(&a.cv, &a.mtx);
+    }
+    pthread_mutex_unlock(&a.mtx);
+    assert_int_equal(a.ok, N_CHAINS * PER_CHAIN);
+    assert_int_equal(a.bad, 0);
+    assert_int_equal(a.threads, 1);
+    pthread_mutex_lock(&f->mtx);
+    assert_true(f->group_max > 1);
+    assert_true(f->send_reqs < N_CHAINS * PER_CHAIN);
+    pthread_mutex_unlock(&f->mtx);
+    hsbus_close(&c);
+    fake_stop(f);
+}
+
+/* A one-shot callback: records its code and text under index (size_t)arg, and tries another
+ * request from inside the callback. */
+static tc_async *tc_one_state;
+
+static void tc_one_cb(hsbus_client *c, hsbus_err err, hsbus_msg *reply, void *arg)
+{
+    tc_async *a = tc_one_state;
+    size_t i = (size_t)(uintptr_t)arg;
+    hsbus_msg m;
+    hsbus_err again;
+
+    hsbus_msg_init(&m);
+    snprintf(m.to, sizeof(m.to), "void");
+    again = hsbus_request_async(c, &m, 60000, tc_one_cb, (void *)(uintptr_t)7);
+    pthread_mutex_lock(&a->mtx);
+    a->errs[i] = err;
+    a->again[i] = again;
+    snprintf(a->texts[i], sizeof(a->texts[i]), "%s", hsbus_errmsg(c));
+    if (err == HSBUS_OK && reply != NULL) {
+        a->ok++;
+    }
+    a->calls++;
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mtx);
+    hsbus_msg_free(&reply);
+}
+
+/* Errors reach the callback with their text: a sys.error, a refused message, a timeout. */
+static void test_request_async_errors(void **state)
+{
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    hsbus_msg m;
+    tc_async a;
+
+    (void)state;
+    tc_async_init(&a);
+    tc_one_state = &a;
+    tc_msg(&m, "fail", "x");
+    assert_int_equal(hsbus_request_async(c, &m, 2000, NULL, NULL), HSBUS_EINVAL);
+    assert_int_equal(hsbus_request_async(c, &m, 2000, tc_one_cb, (void *)0), HSBUS_OK);
+    hsbus_msg_clear(&m);
+    assert_int_equal(tc_async_wait(&a, 1), 1);
+    assert_int_equal(a.errs[0], HSBUS_EEXPIRED);
+    assert_string_equal(a.texts[0], "expired in queue");
+
+    tc_msg(&m, "nobody", "x");
+    assert_int_equal(hsbus_request_async(c, &m, 2000, tc_one_cb, (void *)1), HSBUS_OK);
+    hsbus_msg_clear(&m);
+    assert_int_equal(tc_async_wait(&a, 2), 2);
+    assert_int_equal(a.errs[1], HSBUS_ENOROUTE);
+    assert_string_equal(a.texts[1], "no agent by that name");
+
+    tc_msg(&m, "void", "x"); /* accepted, never answered */
+    assert_int_equal(hsbus_request_async(c, &m, 200, tc_one_cb, (void *)2), HSBUS_OK);
+    hsbus_msg_clear(&m);
+    assert_int_equal(tc_async_wait(&a, 3), 3);
+    assert_int_equal(a.errs[2], HSBUS_ETIMEDOUT);
+    assert_non_null(strstr(a.texts[2], "no reply"));
+    assert_int_equal(a.ok, 0);
+
+    /* Each callback above made one more request to "void" (60 s, never answered): hsbus_close
+     * calls each of them once, with HSBUS_ECLOSED, before it returns; a request made from such a
+     * callback is refused (its callback is never called). */
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(a.again[i], HSBUS_OK);
+    }
+    hsbus_close(&c);
+    assert_int_equal(a.calls, 6);
+    assert_int_equal(a.errs[7], HSBUS_ECLOSED);
+    assert_int_equal(a.again[7], HSBUS_ECLOSED);
+    fake_stop(f);
+}
+
+/* Async requests that queued behind both held groups, one of them malformed: the group is
+ * refused whole, each message is sent again alone, and every callback gets its own answer. */
+static void test_request_async_refused_group(void **state)
+{
+    enum { N_GOOD = 4 };
+    fake *f = fake_start();
+    hsbus_client *c = tc_connect(f, "tester");
+    tc_send_arg hold[N_HOLD];
+    pthread_t th_hold[N_HOLD];
+    tc_chain ch[N_GOOD];
+    hsbus_msg m;
+    tc_async a;
+
+    (void)state;
+    tc_async_init(&a);
+    tc_one_state = &a;
+    a.per_chain = 1;
+    a.running = N_GOOD;
+    tc_hold_groups(f, c, hold, th_hold);
+    for (int i = 0; i < N_GOOD; i++) {
+        ch[i] = (tc_chain){.a = &a, .id = i, .n = 1}; /* n = 1: "echo", and no next request */
+        hsbus_msg_init(&ch[i].m);
+        assert_int_equal(tc_chain_next(c, &ch[i]), HSBUS_OK);
+    }
+    tc_msg(&m, "Not A Name", "x");
+    assert_int_equal(hsbus_request_async(c, &m, 5000, tc_one_cb, (void *)3), HSBUS_OK);
+    hsbus_msg_clear(&m);
+    usleep(100 * 1000); /* nothing can be sent while both groups are held (not a timing test) */
+    pthread_mutex_lock(&a.mtx);
+    assert_int_equal(a.calls, 0);
+    pthread_mutex_unlock(&a.mtx);
+    fake_release(f);
+    /* 4 replies and the refusal; the refusal's callback also made one "void" request */
+    assert_int_equal(tc_async_wait(&a, N_GOOD + 1), N_GOOD + 1);
+    for (int i = 0; i < N_HOLD; i++) {
+        pthread_join(th_hold[i], NULL);
+        assert_int_equal(hold[i].err, HSBUS_OK);
+    }
+    assert_int_equal(a.ok, N_GOOD);
+    assert_int_equal(a.bad, 0);
+    assert_int_equal(a.errs[3], HSBUS_EBADMSG);
+    pthread_mutex_lock(&f->mtx);
+    assert_int_equal(f->bad_reqs, 2); /* the group, then the bad message alone */
     pthread_mutex_unlock(&f->mtx);
     hsbus_close(&c);
     fake_stop(f);
@@ -1191,6 +1462,9 @@ int main(void)
         cmocka_unit_test(test_request_grouped),
         cmocka_unit_test(test_request_timeout_grouped),
         cmocka_unit_test(test_unclaimed_reply_not_held),
+        cmocka_unit_test(test_request_async_chains),
+        cmocka_unit_test(test_request_async_errors),
+        cmocka_unit_test(test_request_async_refused_group),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
