@@ -105,7 +105,7 @@ typedef struct bench_kv {
 /* The outcome of one workload or scenario. lat may be empty (count 0): throughput-only loads. */
 typedef struct bench_result {
     char name[BENCH_NAME_MAX];
-    char what[96];  /* one-line description */
+    char what[160]; /* one-line description */
     char unit[16];  /* "rt/s" (round trips) or "msg/s" */
     bool available; /* false: the daemon could not run it (see note) */
     bool gated;     /* the ratio is compared with the baseline */
@@ -198,7 +198,13 @@ typedef struct bench_env {
 /* Each runs one workload against the daemon and fills *r. They spawn and stop their own agent
  * processes. Block for the workload's duration. Return 0, or -1 when the workload could not be
  * set up at all (r->available is false with the reason in r->note). */
-int bench_w_reqrep_closed(bench_env *e, int inflight, bool builtin, bench_result *r);
+/* How a closed request/reply loop keeps its requests in flight. */
+typedef enum work_style {
+    WORK_ASYNC,   /* hsbus_request_async chains to the external echo agent (like the reference) */
+    WORK_THREADS, /* a thread per request in flight, blocking in hsbus_request */
+    WORK_BUILTIN, /* hsbus_request_async chains to the built-in echo agent thread */
+} work_style;
+int bench_w_reqrep_closed(bench_env *e, int inflight, work_style style, bench_result *r);
 int bench_w_reqrep_open(bench_env *e, double rate, bench_result *r);
 int bench_w_oneway(bench_env *e, bool batched, bench_result *r);
 int bench_w_durable(bench_env *e, bench_result *r);

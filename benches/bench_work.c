@@ -157,6 +157,8 @@ typedef struct work_cl {
     hsbus_err first_err;
     char first_msg[128];
     pthread_mutex_t mu;
+    pthread_cond_t cv; /* async: a chain ended */
+    int active;        /* async: chains still running */
 } work_cl;
 
 static void work_note_err(pthread_mutex_t *mu, hsbus_err *first, char *msg, size_t cap,
@@ -170,6 +172,26 @@ static void work_note_err(pthread_mutex_t *mu, hsbus_err *first, char *msg, size
     pthread_mutex_unlock(mu);
 }
 
+/* work_cl_record counts one round trip sent at t0 and finished at t1 (if inside the window). */
+static void work_cl_record(work_cl *w, uint64_t t0, uint64_t t1, hsbus_err err)
+{
+    if (t0 < w->rec_from) {
+        return;
+    }
+    if (err == HSBUS_OK) {
+        bench_add(&w->r->ok, 1);
+        bench_add(&bench_live_now.ok, 1);
+        bench_hist_record(&w->r->lat, t1 - t0);
+        work_series_add(w->r, w->rec_from, t1);
+    } else {
+        bench_add(&w->r->failed, 1);
+        bench_add(&bench_live_now.failed, 1);
+        work_note_err(&w->mu, &w->first_err, w->first_msg, sizeof(w->first_msg), err,
+                      hsbus_errmsg(w->c));
+    }
+}
+
+/* One requester thread: hsbus_request in a loop. */
 static void *work_cl_thread(void *arg)
 {
     work_cl *w = arg;
@@ -187,41 +209,107 @@ static void *work_cl_thread(void *arg)
         }
         hsbus_msg *reply = NULL;
         hsbus_err err = hsbus_request(w->c, &msg, WORK_CALL_MS, &reply);
-        uint64_t t1 = bench_now_ns();
         hsbus_msg_free(&reply);
-        if (t0 < w->rec_from) {
-            continue;
-        }
-        if (err == HSBUS_OK) {
-            bench_add(&w->r->ok, 1);
-            bench_add(&bench_live_now.ok, 1);
-            bench_hist_record(&w->r->lat, t1 - t0);
-            work_series_add(w->r, w->rec_from, t1);
-        } else {
-            bench_add(&w->r->failed, 1);
-            bench_add(&bench_live_now.failed, 1);
-            work_note_err(&w->mu, &w->first_err, w->first_msg, sizeof(w->first_msg), err,
-                          hsbus_errmsg(w->c));
-        }
+        work_cl_record(w, t0, bench_now_ns(), err);
     }
     hsbus_msg_clear(&msg);
     return NULL;
 }
 
-int bench_w_reqrep_closed(bench_env *e, int inflight, bool builtin, bench_result *r)
+/* One chain of hsbus_request_async: each reply's callback sends the next request. */
+typedef struct work_chain {
+    work_cl *w;
+    hsbus_msg msg;
+    uint64_t t0;
+} work_chain;
+
+static void work_chain_end(work_cl *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->active--;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void work_chain_cb(hsbus_client *c, hsbus_err err, hsbus_msg *reply, void *arg)
+{
+    work_chain *ch = arg;
+    work_cl *w = ch->w;
+    uint64_t t1 = bench_now_ns();
+
+    hsbus_msg_free(&reply);
+    work_cl_record(w, ch->t0, t1, err);
+    if (t1 >= w->end || bench_interrupted) {
+        work_chain_end(w);
+        return;
+    }
+    ch->t0 = t1;
+    err = hsbus_request_async(c, &ch->msg, WORK_CALL_MS, work_chain_cb, ch);
+    if (err != HSBUS_OK) {
+        work_cl_record(w, ch->t0, bench_now_ns(), err);
+        work_chain_end(w);
+    }
+}
+
+/* work_run_chains keeps n requests in flight with hsbus_request_async until w->end; returns the
+ * chains that could not start. */
+static int work_run_chains(work_cl *w, int n)
+{
+    work_chain *chs = calloc((size_t)n, sizeof(*chs));
+    int failed = 0;
+
+    if (chs == NULL) {
+        return n;
+    }
+    for (int i = 0; i < n; i++) {
+        chs[i].w = w;
+        hsbus_msg_init(&chs[i].msg);
+        snprintf(chs[i].msg.to, sizeof(chs[i].msg.to), "%s", w->to);
+        if (work_body(&chs[i].msg) < 0) {
+            failed++;
+            continue;
+        }
+        pthread_mutex_lock(&w->mu);
+        w->active++;
+        pthread_mutex_unlock(&w->mu);
+        chs[i].t0 = bench_now_ns();
+        hsbus_err err =
+            hsbus_request_async(w->c, &chs[i].msg, WORK_CALL_MS, work_chain_cb, &chs[i]);
+        if (err != HSBUS_OK) {
+            work_cl_record(w, chs[i].t0, bench_now_ns(), err);
+            work_chain_end(w);
+            failed++;
+        }
+    }
+    pthread_mutex_lock(&w->mu);
+    while (w->active > 0) {
+        pthread_cond_wait(&w->cv, &w->mu);
+    }
+    pthread_mutex_unlock(&w->mu);
+    for (int i = 0; i < n; i++) {
+        hsbus_msg_clear(&chs[i].msg);
+    }
+    free(chs);
+    return failed;
+}
+
+int bench_w_reqrep_closed(bench_env *e, int inflight, work_style style, bench_result *r)
 {
     work_child agent = {0};
-    work_cl w = {.r = r, .mu = PTHREAD_MUTEX_INITIALIZER};
+    work_cl w = {.r = r, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
     char name[64], rname[64];
     pthread_t th[WORK_THREADS_MAX];
-    int started = 0, rc = -1;
+    bool builtin = style == WORK_BUILTIN;
+    bool threads = style == WORK_THREADS;
+    int rc = -1;
 
     inflight = inflight > WORK_THREADS_MAX ? WORK_THREADS_MAX : inflight;
-    snprintf(r->name, sizeof(r->name), "%s-c%d", builtin ? "builtin" : "reqrep", inflight);
-    snprintf(r->what, sizeof(r->what), "%s, closed loop, %d in flight",
+    snprintf(r->name, sizeof(r->name), "%s-c%d%s", builtin ? "builtin" : "reqrep", inflight,
+             threads ? "-threads" : "");
+    snprintf(r->what, sizeof(r->what), "%s, closed loop, %d in flight (%s)",
              builtin ? "request/reply to the built-in echo agent thread"
                      : "request -> broker -> external echo agent -> reply",
-             inflight);
+             inflight, threads ? "a thread each, hsbus_request" : "hsbus_request_async chains");
     snprintf(r->unit, sizeof(r->unit), "rt/s");
     unsigned seq = e->seq++;
     if (builtin) {
@@ -241,13 +329,18 @@ int bench_w_reqrep_closed(bench_env *e, int inflight, bool builtin, bench_result
     uint64_t t0 = bench_now_ns();
     w.rec_from = t0 + work_warmup_ns(e->secs);
     w.end = w.rec_from + (uint64_t)(e->secs * 1e9);
-    for (; started < inflight; started++) {
-        if (pthread_create(&th[started], NULL, work_cl_thread, &w) != 0) {
-            break;
+    if (threads) {
+        int started = 0;
+        for (; started < inflight; started++) {
+            if (pthread_create(&th[started], NULL, work_cl_thread, &w) != 0) {
+                break;
+            }
         }
-    }
-    for (int i = 0; i < started; i++) {
-        pthread_join(th[i], NULL);
+        for (int i = 0; i < started; i++) {
+            pthread_join(th[i], NULL);
+        }
+    } else {
+        (void)work_run_chains(&w, inflight);
     }
     work_finish(r, w.rec_from, w.end);
     if (w.first_err != HSBUS_OK) {

@@ -39,6 +39,7 @@ volatile int bench_interrupted;
 typedef enum main_kind {
     MAIN_REQREP_C1,
     MAIN_REQREP_C16,
+    MAIN_REQREP_C16_THREADS,
     MAIN_OPEN_2K,
     MAIN_OPEN_10K,
     MAIN_ONEWAY,
@@ -59,6 +60,7 @@ typedef struct main_work {
 static const main_work main_works[] = {
     {"reqrep-c1", MAIN_REQREP_C1, NULL, "all workloads"},
     {"reqrep-c16", MAIN_REQREP_C16, NULL, "all workloads gate"},
+    {"reqrep-c16-threads", MAIN_REQREP_C16_THREADS, NULL, "all workloads"},
     {"reqrep-open-2k", MAIN_OPEN_2K, NULL, "all workloads"},
     {"reqrep-open-10k", MAIN_OPEN_10K, NULL, "all workloads"},
     {"oneway", MAIN_ONEWAY, NULL, "all workloads gate"},
@@ -261,9 +263,11 @@ static int main_run_one(bench_env *e, const main_work *w, bench_result *r)
 {
     switch (w->kind) {
     case MAIN_REQREP_C1:
-        return bench_w_reqrep_closed(e, 1, false, r);
+        return bench_w_reqrep_closed(e, 1, WORK_ASYNC, r);
     case MAIN_REQREP_C16:
-        return bench_w_reqrep_closed(e, 16, false, r);
+        return bench_w_reqrep_closed(e, 16, WORK_ASYNC, r);
+    case MAIN_REQREP_C16_THREADS:
+        return bench_w_reqrep_closed(e, 16, WORK_THREADS, r);
     case MAIN_OPEN_2K:
         return bench_w_reqrep_open(e, 2000, r);
     case MAIN_OPEN_10K:
@@ -275,7 +279,7 @@ static int main_run_one(bench_env *e, const main_work *w, bench_result *r)
     case MAIN_DURABLE:
         return bench_w_durable(e, r);
     case MAIN_BUILTIN:
-        return bench_w_reqrep_closed(e, 16, true, r);
+        return bench_w_reqrep_closed(e, 16, WORK_BUILTIN, r);
     case MAIN_PRIORITY:
         return bench_w_priority(e, r);
     case MAIN_SCENARIO:
