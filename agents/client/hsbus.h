@@ -204,10 +204,11 @@ HSBUS_API const char *hsbus_errmsg(const hsbus_client *client);
 HSBUS_API hsbus_err hsbus_connect(const char *url, const hsbus_opts *opts, hsbus_client **clientp);
 
 /*
- * hsbus_close stops the receiver and handler threads (a running handler finishes first), flushes
- * pending acks and nacks, says bye, closes the connection and frees the client and every message
- * still in its local queue (the daemon redelivers those: they were never acked). It sets *clientp
- * to NULL. clientp == NULL or *clientp == NULL is a no-op. Call it once, after every other call on
+ * hsbus_close stops the receiver and handler threads (a running handler finishes first), calls
+ * every outstanding hsbus_request_async callback with HSBUS_ECLOSED (on the completion thread,
+ * which then ends), flushes pending acks and nacks, says bye, closes the connection and frees the
+ * client and every message still in its local queue (the daemon redelivers those: they were never
+ * acked). It sets *clientp to NULL. clientp == NULL or *clientp == NULL is a no-op. Call it once, after every other call on
  * the client has returned, and never from a handler. Blocks until running handlers return, then
  * up to the call timeout (ack flush) plus one second (bye).
  */
