@@ -5,6 +5,7 @@
  * Every test starts its own daemon with the settings it needs and stops it with SIGTERM, asserting
  * a clean exit (0). Waits are bounded; nothing asserts a timing.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -152,6 +153,69 @@ static void t_direct_builtin_echo(void **state)
     assert_true(reply->corr != 0);
     hsbus_msg_free(&reply);
     hsbus_msg_clear(&m);
+
+    hsbus_close(&a);
+    tb_stop(&d);
+}
+
+/* What the callbacks of t_request_async saw (they run on the client's completion thread, where
+ * cmocka must not assert). */
+typedef struct tb_async {
+    pthread_mutex_t mtx;
+    pthread_cond_t cv;
+    int calls, good;
+    hsbus_err noroute_err;
+    char text[64][16]; /* the body each request carried, by index */
+} tb_async;
+
+static tb_async tb_as = {.mtx = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void tb_async_cb(hsbus_client *c, hsbus_err err, hsbus_msg *reply, void *arg)
+{
+    size_t i = (size_t)(uintptr_t)arg;
+
+    (void)c;
+    pthread_mutex_lock(&tb_as.mtx);
+    if (i == 64) {
+        tb_as.noroute_err = err;
+    } else if (err == HSBUS_OK && reply != NULL && tb_body_is(reply, tb_as.text[i]) &&
+               strcmp(reply->from, "echo") == 0) {
+        tb_as.good++;
+    }
+    tb_as.calls++;
+    pthread_cond_broadcast(&tb_as.cv);
+    pthread_mutex_unlock(&tb_as.mtx);
+    hsbus_msg_free(&reply);
+}
+
+/* 64 asynchronous requests in flight at once to the built-in echo agent of a real daemon: each
+ * callback gets its own request's reply; one to nobody gets E_NOROUTE through its callback. */
+static void t_request_async(void **state)
+{
+    (void)state;
+    ith_daemon d;
+    assert_true(ith_start(&d, NULL));
+    hsbus_client *a = tb_connect(&d, "alice", NULL, 0, NULL, 0);
+    hsbus_msg m;
+
+    for (size_t i = 0; i < 64; i++) {
+        snprintf(tb_as.text[i], sizeof(tb_as.text[i]), "async %zu", i);
+        tb_msg(&m, "echo", NULL, NULL, tb_as.text[i]);
+        assert_int_equal(hsbus_request_async(a, &m, 10000, tb_async_cb, (void *)(uintptr_t)i),
+                         HSBUS_OK);
+        hsbus_msg_clear(&m);
+    }
+    tb_msg(&m, "nobody", NULL, NULL, "lost");
+    assert_int_equal(hsbus_request_async(a, &m, 10000, tb_async_cb, (void *)(uintptr_t)64),
+                     HSBUS_OK);
+    hsbus_msg_clear(&m);
+    pthread_mutex_lock(&tb_as.mtx);
+    while (tb_as.calls < 65) { /* every request has a timeout: each callback comes */
+        pthread_cond_wait(&tb_as.cv, &tb_as.mtx);
+    }
+    pthread_mutex_unlock(&tb_as.mtx);
+    assert_int_equal(tb_as.good, 64);
+    assert_int_equal(tb_as.noroute_err, HSBUS_ENOROUTE);
 
     hsbus_close(&a);
     tb_stop(&d);
@@ -854,6 +918,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_direct_builtin_echo),
         cmocka_unit_test(t_direct_external),
+        cmocka_unit_test(t_request_async),
         cmocka_unit_test(t_by_type),
         cmocka_unit_test(t_topic_fanout),
         cmocka_unit_test(t_request_reply_external),
