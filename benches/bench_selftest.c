@@ -1,6 +1,7 @@
 /*
  * benches/bench_selftest.c - `hsbus-bench --selftest`: checks the histogram's percentiles and the
- * baseline gate on synthetic data (no daemon, no timing), for the test suite.
+ * baseline gate and the result's extra fields on synthetic data (no daemon, no timing), for the
+ * test suite.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -114,9 +115,32 @@ static int selftest_gate(const char *tmpdir)
     return bad;
 }
 
+/* The soak reports ten extra fields; a result must keep every one of them, in order. */
+static int selftest_extra(void)
+{
+    bench_result *r = calloc(1, sizeof(*r));
+    int bad = 0;
+
+    if (r == NULL) {
+        return selftest_fail("calloc", 0, 1);
+    }
+    for (int i = 0; i < 10; i++) {
+        char key[16];
+        snprintf(key, sizeof(key), "k%d", i);
+        bench_result_extra(r, key, i);
+    }
+    if (r->n_extra != 10) {
+        bad += selftest_fail("extra fields kept", (double)r->n_extra, 10);
+    } else if (strcmp(r->extra[9].key, "k9") != 0 || r->extra[9].value != 9) {
+        bad += selftest_fail("last extra field", r->extra[9].value, 9);
+    }
+    free(r);
+    return bad;
+}
+
 int bench_selftest(const char *tmpdir)
 {
-    int bad = selftest_hist() + selftest_gate(tmpdir);
+    int bad = selftest_hist() + selftest_gate(tmpdir) + selftest_extra();
 
     fprintf(stderr, "selftest: %s\n", bad == 0 ? "ok" : "FAILED");
     return bad == 0 ? 0 : 1;

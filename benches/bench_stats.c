@@ -171,5 +171,8 @@ void bench_result_extra(bench_result *r, const char *key, double value)
         snprintf(r->extra[r->n_extra].key, sizeof(r->extra[0].key), "%s", key);
         r->extra[r->n_extra].value = value;
         r->n_extra++;
+    } else {
+        fprintf(stderr, "hsbus-bench: %s: no room for extra field %s (BENCH_EXTRA_MAX %d)\n",
+                r->name, key, BENCH_EXTRA_MAX);
     }
 }

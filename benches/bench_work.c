@@ -515,16 +515,23 @@ static int work_open_loop(bench_env *e, const work_ol_cfg *cfg, bench_result *r)
             break;
         }
     }
-    /* The main thread samples the daemon's RSS once a second while the load runs. */
-    uint64_t rss_first = 0, rss_last = 0, rss_max = 0, rss_after_warm = 0;
+    /* The main thread samples the daemon's RSS once a second while the load runs. The daemon's
+     * fixed-size structures (the reply map, one decoder arena per gateway context) become resident
+     * page by page as traffic first reaches them, so RSS rises early in a run and then levels off;
+     * a leak keeps rising. The second half of the run tells the two apart (docs/benchmarks.md). */
+    uint64_t rss_first = 0, rss_last = 0, rss_max = 0, rss_after_warm = 0, rss_half = 0;
     if (cfg->watch_rss && e->daemon_pid > 0) {
         uint64_t warm_until = o->rec_from + (uint64_t)(cfg->secs * 0.2 * 1e9);
+        uint64_t half = o->rec_from + (uint64_t)(cfg->secs * 0.5 * 1e9);
         for (uint64_t t = bench_now_ns(); t < o->end && !bench_interrupted; t += 1000000000u) {
             bench_sleep_until(t);
             uint64_t kb = bench_rss_kb(e->daemon_pid);
             rss_first = rss_first == 0 ? kb : rss_first;
             if (t >= warm_until && rss_after_warm == 0) {
                 rss_after_warm = kb;
+            }
+            if (t >= half && rss_half == 0) {
+                rss_half = kb;
             }
             rss_last = kb;
             rss_max = kb > rss_max ? kb : rss_max;
@@ -553,6 +560,11 @@ static int work_open_loop(bench_env *e, const work_ol_cfg *cfg, bench_result *r)
         bench_result_extra(r, "rss_max_kb", (double)rss_max);
         bench_result_extra(r, "rss_growth_pct",
                            base > 0 ? ((double)rss_end - (double)base) * 100.0 / (double)base : 0);
+        if (rss_half > 0) {
+            bench_result_extra(r, "rss_half_kb", (double)rss_half);
+            bench_result_extra(r, "rss_tail_growth_pct",
+                               ((double)rss_end - (double)rss_half) * 100.0 / (double)rss_half);
+        }
     }
     if (o->first_err != HSBUS_OK) {
         snprintf(r->note, sizeof(r->note), "first error: %s %s", hsbus_err_name(o->first_err),
