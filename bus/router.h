@@ -52,7 +52,7 @@ typedef struct bus_reply_slot {
 typedef struct bus_router {
     bus_route_list types;
     bus_route_list topics;
-    bus_reply_slot *replies; /* reply_max slots, allocated on first use */
+    bus_reply_slot *replies; /* reply_max slots, allocated and faulted in on first use */
     size_t reply_max;
 } bus_router;
 

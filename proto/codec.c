@@ -26,8 +26,12 @@
 
 #include "proto/codec_int.h"
 
-/* First zone chunk; msgpack_zone_clear keeps it, so typical decodes allocate nothing. */
-#define PROTO_ZONE_CHUNK (64u * 1024)
+/* First zone chunk; msgpack_zone_clear keeps it, so typical decodes allocate nothing. A request
+ * that needs more (a large send batch, a full fetch reply in a client) takes further chunks from
+ * malloc for that one decode. hsb_dec_init faults the first chunk in: the daemon keeps one decoder
+ * per gateway context, and left to be touched page by page as ever larger requests arrive, their
+ * chunks made its RSS creep upwards for minutes (docs/benchmarks.md, soak). */
+#define PROTO_ZONE_CHUNK (16u * 1024)
 
 /* Longest map key copied into an error text, and longest path in one. */
 #define PROTO_PATH_KEY_MAX 32
@@ -232,6 +236,13 @@ hsb_err hsb_dec_init(hsb_dec *dec)
     if (!msgpack_zone_init(&dec->zone, PROTO_ZONE_CHUNK)) {
         return HSB_ENOMEM;
     }
+    /* The chunk is exactly PROTO_ZONE_CHUNK free bytes, so this takes all of it without a new one.
+     */
+    char *chunk = msgpack_zone_malloc_no_align(&dec->zone, PROTO_ZONE_CHUNK);
+    if (chunk != NULL) {
+        memset(chunk, 0, PROTO_ZONE_CHUNK);
+    }
+    msgpack_zone_clear(&dec->zone);
     dec->max_body = HSB_BODY_MAX;
     dec->max_batch = HSB_BATCH_MAX;
     return HSB_OK;
