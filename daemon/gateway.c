@@ -179,20 +179,6 @@ static void gw_grow(gw *g)
 
 /* ---- replies ----------------------------------------------------------------------------- */
 
-/* gw_reply_begin allocates the reply message and a packer over it. */
-static nng_msg *gw_reply_begin(msgpack_packer *pk, size_t reserve)
-{
-    nng_msg *m;
-    if (nng_msg_alloc(&m, 0) != 0) {
-        return NULL;
-    }
-    if (reserve > 0) {
-        (void)nng_msg_reserve(m, reserve); /* a hint; hsb_nng_write grows it by doubling */
-    }
-    msgpack_packer_init(pk, m, hsb_nng_write);
-    return m;
-}
-
 static void gw_reply_send(gw_ctx *c, nng_msg *m)
 {
     c->state = GW_CTX_SEND;
@@ -203,15 +189,15 @@ static void gw_reply_send(gw_ctx *c, nng_msg *m)
 /* gw_reply_error answers the request as a whole with {ok: false, err, msg}. */
 static void gw_reply_error(gw_ctx *c, hsb_err err, const char *msg)
 {
+    hsb_nng_writer w;
     msgpack_packer pk;
-    nng_msg *m = gw_reply_begin(&pk, 128);
-    if (m == NULL || hsb_enc_error_reply(&pk, err, msg) != HSB_OK) {
-        nng_msg_free(m);
+    if (hsb_nng_writer_begin(&w, &pk, 128) != 0 || hsb_enc_error_reply(&pk, err, msg) != HSB_OK) {
+        hsb_nng_writer_abort(&w);
         /* No memory for an answer: the client's REQ will time out and retry; re-arm. */
         gw_ctx_recv(c);
         return;
     }
-    gw_reply_send(c, m);
+    gw_reply_send(c, hsb_nng_writer_end(&w));
 }
 
 static void gw_reply_simple_ok(gw_ctx *c, hsb_op op)
@@ -220,21 +206,24 @@ static void gw_reply_simple_ok(gw_ctx *c, hsb_op op)
     memset(&rep, 0, sizeof(rep));
     rep.op = op;
     rep.ok = true;
+    hsb_nng_writer w;
     msgpack_packer pk;
-    nng_msg *m = gw_reply_begin(&pk, 16);
-    if (m == NULL || hsb_enc_reply(&pk, &rep) != HSB_OK) {
-        nng_msg_free(m);
+    if (hsb_nng_writer_begin(&w, &pk, 16) != 0 || hsb_enc_reply(&pk, &rep) != HSB_OK) {
+        hsb_nng_writer_abort(&w);
         gw_ctx_recv(c);
         return;
     }
-    gw_reply_send(c, m);
+    gw_reply_send(c, hsb_nng_writer_end(&w));
 }
 
 static void gw_reply_send_results(gw_ctx *c)
 {
+    hsb_nng_writer w;
     msgpack_packer pk;
-    nng_msg *m = gw_reply_begin(&pk, 16 + c->n_results * 12);
-    hsb_err err = m != NULL ? hsb_enc_send_reply_begin(&pk, c->n_results) : HSB_ENOMEM;
+    /* {id: u64} is 13 bytes; an error result is longer and makes the writer grow. */
+    hsb_err err = hsb_nng_writer_begin(&w, &pk, 16 + c->n_results * 13) == 0
+                      ? hsb_enc_send_reply_begin(&pk, c->n_results)
+                      : HSB_ENOMEM;
     for (size_t i = 0; err == HSB_OK && i < c->n_results; i++) {
         hsb_send_result r = c->results[i];
         if (r.err != HSB_OK && r.msg == NULL) {
@@ -243,11 +232,11 @@ static void gw_reply_send_results(gw_ctx *c)
         err = hsb_enc_send_result(&pk, &r);
     }
     if (err != HSB_OK) {
-        nng_msg_free(m);
+        hsb_nng_writer_abort(&w);
         gw_reply_error(c, HSB_EINTERNAL, "out of memory encoding the reply");
         return;
     }
-    gw_reply_send(c, m);
+    gw_reply_send(c, hsb_nng_writer_end(&w));
 }
 
 /* ---- connections ------------------------------------------------------------------------- */
@@ -395,14 +384,14 @@ static void gw_do_hello(gw *g, gw_ctx *c, gw_conn *k)
     snprintf(rep.u.hello.session, sizeof(rep.u.hello.session), "%" PRIu64, bus_client_session(bc));
     rep.u.hello.max_body = g->max_body;
     rep.u.hello.max_batch = (uint32_t)c->dec.max_batch;
+    hsb_nng_writer w;
     msgpack_packer pk;
-    nng_msg *m = gw_reply_begin(&pk, 96);
-    if (m == NULL || hsb_enc_reply(&pk, &rep) != HSB_OK) {
-        nng_msg_free(m);
+    if (hsb_nng_writer_begin(&w, &pk, 96) != 0 || hsb_enc_reply(&pk, &rep) != HSB_OK) {
+        hsb_nng_writer_abort(&w);
         gw_reply_error(c, HSB_EINTERNAL, "out of memory encoding the reply");
         return;
     }
-    gw_reply_send(c, m);
+    gw_reply_send(c, hsb_nng_writer_end(&w));
 }
 
 static void gw_do_send(gw *g, gw_ctx *c, gw_conn *k)
@@ -519,9 +508,10 @@ void gw_deliver(gw *g, bus_client *bc, void *cookie, const bus_delivery *d, size
     for (size_t i = 0; i < n; i++) {
         reserve += hsb_enc_envelope_bound(&d[i].msg->env) + 10; /* + deliveries */
     }
+    hsb_nng_writer w;
     msgpack_packer pk;
-    nng_msg *m = gw_reply_begin(&pk, reserve);
-    hsb_err err = m != NULL ? hsb_enc_fetch_reply_begin(&pk, n) : HSB_ENOMEM;
+    hsb_err err = hsb_nng_writer_begin(&w, &pk, reserve) == 0 ? hsb_enc_fetch_reply_begin(&pk, n)
+                                                              : HSB_ENOMEM;
     for (size_t i = 0; i < n; i++) {
         if (err == HSB_OK) {
             hsb_envelope env = d[i].msg->env;
@@ -532,11 +522,11 @@ void gw_deliver(gw *g, bus_client *bc, void *cookie, const bus_delivery *d, size
     }
     if (err != HSB_OK) {
         /* The messages stay in flight and are redelivered after the ack timeout. */
-        nng_msg_free(m);
+        hsb_nng_writer_abort(&w);
         gw_reply_error(c, HSB_EINTERNAL, "fetch: out of memory encoding the reply");
         return;
     }
-    gw_reply_send(c, m);
+    gw_reply_send(c, hsb_nng_writer_end(&w));
 }
 
 void gw_send_done(gw *g, void *cookie)

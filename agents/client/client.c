@@ -801,29 +801,29 @@ static void hsbus_slot_put(hsbus_client *c, hsbus_slot *s)
 /* hsbus_encode encodes req into a new nng message, *mp. Any thread; does not block. */
 static hsbus_err hsbus_encode(hsbus_client *c, const hsb_request *req, nng_msg **mp)
 {
+    hsb_nng_writer w;
     msgpack_packer pk;
-    nng_msg *m = NULL;
+    size_t hint = 256; /* hello, fetch (with a few acks), bye; a long ack list makes it grow */
     int rv;
 
     *mp = NULL;
-    rv = nng_msg_alloc(&m, 0);
+    if (req->op == HSB_OP_SEND) {
+        hint = 32;
+        for (size_t i = 0; i < req->u.send.n_msgs; i++) {
+            hint += hsb_enc_envelope_bound(&req->u.send.msgs[i]);
+        }
+    } else if (req->op == HSB_OP_FETCH) {
+        hint += req->u.fetch.n_acks * 9; /* each id a u64 */
+    }
+    rv = hsb_nng_writer_begin(&w, &pk, hint);
     if (rv != 0) {
         return hsbus_fail_nng(c, rv, "nng_msg_alloc");
     }
-    if (req->op == HSB_OP_SEND) {
-        /* One reservation: nng 1.5 zeroes and copies the whole buffer on every growth. */
-        size_t reserve = 32;
-        for (size_t i = 0; i < req->u.send.n_msgs; i++) {
-            reserve += hsb_enc_envelope_bound(&req->u.send.msgs[i]);
-        }
-        (void)nng_msg_reserve(m, reserve); /* a hint: hsb_nng_write still grows on its own */
-    }
-    msgpack_packer_init(&pk, m, hsb_nng_write);
     if (hsb_enc_request(&pk, req) != HSB_OK) {
-        nng_msg_free(m);
+        hsb_nng_writer_abort(&w);
         return hsbus_fail(c, HSBUS_ENOMEM, "encoding %s failed", hsb_op_name(req->op));
     }
-    *mp = m;
+    *mp = hsb_nng_writer_end(&w);
     return HSBUS_OK;
 }
 
