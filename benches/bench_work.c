@@ -515,10 +515,10 @@ static int work_open_loop(bench_env *e, const work_ol_cfg *cfg, bench_result *r)
             break;
         }
     }
-    /* The main thread samples the daemon's RSS once a second while the load runs. The daemon's
-     * fixed-size structures (the reply map, one decoder arena per gateway context) become resident
-     * page by page as traffic first reaches them, so RSS rises early in a run and then levels off;
-     * a leak keeps rising. The second half of the run tells the two apart (docs/benchmarks.md). */
+    /* The main thread samples the daemon's RSS once a second while the load runs. Memory that only
+     * warms up (tables and queues reaching the size the load needs, the allocator's high-water
+     * mark) levels off; a leak keeps rising. The second half of the run tells the two apart
+     * (docs/benchmarks.md). */
     uint64_t rss_first = 0, rss_last = 0, rss_max = 0, rss_after_warm = 0, rss_half = 0;
     if (cfg->watch_rss && e->daemon_pid > 0) {
         uint64_t warm_until = o->rec_from + (uint64_t)(cfg->secs * 0.2 * 1e9);

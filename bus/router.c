@@ -173,7 +173,8 @@ hsb_err bus_router_reply_add(bus_router *r, uint64_t id, uint64_t session, void 
             return HSB_ENOMEM;
         }
         for (size_t off = 0; off < bytes; off += 4096) {
-            ((volatile char *)r->replies)[off] = 0; /* a write, so the page is really allocated */
+            /* A write, so the page is really allocated; a memset after calloc may be elided. */
+            ((volatile char *)r->replies)[off] = 0;
         }
     }
     r->replies[id % r->reply_max] =

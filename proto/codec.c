@@ -236,8 +236,7 @@ hsb_err hsb_dec_init(hsb_dec *dec)
     if (!msgpack_zone_init(&dec->zone, PROTO_ZONE_CHUNK)) {
         return HSB_ENOMEM;
     }
-    /* The chunk is exactly PROTO_ZONE_CHUNK free bytes, so this takes all of it without a new one.
-     */
+    /* The chunk has exactly PROTO_ZONE_CHUNK free bytes: this takes all of it, no new chunk. */
     char *chunk = msgpack_zone_malloc_no_align(&dec->zone, PROTO_ZONE_CHUNK);
     if (chunk != NULL) {
         memset(chunk, 0, PROTO_ZONE_CHUNK);

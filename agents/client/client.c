@@ -803,7 +803,7 @@ static hsbus_err hsbus_encode(hsbus_client *c, const hsb_request *req, nng_msg *
 {
     hsb_nng_writer w;
     msgpack_packer pk;
-    size_t hint = 256; /* hello, fetch (with a few acks), bye; a long ack list makes it grow */
+    size_t hint = 256; /* hello, bye, fetch; nacks with long reasons make the writer grow */
     int rv;
 
     *mp = NULL;
