@@ -208,9 +208,9 @@ HSBUS_API hsbus_err hsbus_connect(const char *url, const hsbus_opts *opts, hsbus
  * every outstanding hsbus_request_async callback with HSBUS_ECLOSED (on the completion thread,
  * which then ends), flushes pending acks and nacks, says bye, closes the connection and frees the
  * client and every message still in its local queue (the daemon redelivers those: they were never
- * acked). It sets *clientp to NULL. clientp == NULL or *clientp == NULL is a no-op. Call it once, after every other call on
- * the client has returned, and never from a handler. Blocks until running handlers return, then
- * up to the call timeout (ack flush) plus one second (bye).
+ * acked). It sets *clientp to NULL. clientp == NULL or *clientp == NULL is a no-op. Call it once,
+ * after every other call on the client has returned, and never from a handler. Blocks until running
+ * handlers return, then up to the call timeout (ack flush) plus one second (bye).
  */
 HSBUS_API void hsbus_close(hsbus_client **clientp);
 
