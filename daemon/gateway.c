@@ -574,12 +574,16 @@ hsb_err gw_new(const config *cfg, bus *b, inbox *ib, gw **out)
             return HSB_ENOMEM;
         }
     }
+    *out = g;
+    return HSB_OK;
+}
+
+hsb_err gw_start(gw *g, const config *cfg)
+{
     if (gw_listen(g, cfg->listen) != HSB_OK ||
         (cfg->listen_tcp[0] != '\0' && gw_listen(g, cfg->listen_tcp) != HSB_OK)) {
-        gw_free(g, false);
         return HSB_EIO;
     }
-    *out = g;
     return HSB_OK;
 }
 

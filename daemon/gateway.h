@@ -14,9 +14,9 @@
  * A pipe is one connection. hello binds the pipe to a bus client; every later request on that pipe
  * acts as that client; the pipe's removal detaches it (its in-flight messages are redelivered).
  *
- * Threads: gw_new, gw_handle, gw_deliver, gw_send_done, gw_pipe_closed, gw_close and gw_free run on
- * the loop thread. The nng callbacks inside gateway.c run on nng threads and touch only their own
- * context before posting it.
+ * Threads: gw_new, gw_start, gw_handle, gw_deliver, gw_send_done, gw_pipe_closed, gw_close and
+ * gw_free run on the loop thread. The nng callbacks inside gateway.c run on nng threads and touch
+ * only their own context before posting it.
  */
 #ifndef HSB_DAEMON_GATEWAY_H
 #define HSB_DAEMON_GATEWAY_H
@@ -41,11 +41,19 @@ typedef struct gw_stats {
 } gw_stats;
 
 /*
- * gw_new listens on cfg->listen (and cfg->listen_tcp when set), with NNG_OPT_RECVMAXSZ, and starts
- * cfg->contexts receiving contexts. Requests are posted to ib. Errors: HSB_EIO (listen failed; the
+ * gw_new opens the REP socket (NNG_OPT_RECVMAXSZ from cfg) and starts cfg->contexts receiving
+ * contexts; requests will be posted to ib. It does not listen: gw_start does, so that the daemon
+ * can open its agent socket last, once nothing else in start-up can fail. Errors: HSB_EIO (the
  * reason is logged), HSB_ENOMEM.
  */
 hsb_err gw_new(const config *cfg, bus *b, inbox *ib, gw **out);
+
+/*
+ * gw_start listens on cfg->listen, and on cfg->listen_tcp when set. Once one listener is open a
+ * client can connect, even if the second then fails: the caller must then shut down through the
+ * normal path (gw_close, gw_stop). Loop thread. Errors: HSB_EIO (the reason is logged).
+ */
+hsb_err gw_start(gw *g, const config *cfg);
 
 /* gw_set_bus gives the gateway the bus (created after the gateway, or replaced). Loop thread. */
 void gw_set_bus(gw *g, bus *b);

@@ -112,8 +112,13 @@ hsb_err srv_ops_start(srv *s)
         }
         alerts_set_tick_hook(o->al, metrics_refresh, o->m);
     }
-    ops_sd_notify("READY=1\nSTATUS=running\n");
     return HSB_OK;
+}
+
+void srv_ops_ready(srv *s)
+{
+    (void)s;
+    ops_sd_notify("READY=1\nSTATUS=running\n");
 }
 
 void srv_ops_stop(srv *s)

@@ -701,8 +701,8 @@ hsb_err srv_init(srv *s, const config *cfg, const char *const *sets, size_t n_se
         log_info("restored", "queued=%" PRIu64 " undecodable=%" PRIu64, t1.queued - t0.queued, bad);
     }
 
-    /* Agents first: the socket opens only once every agent runs, so a client never reaches a
-     * daemon that is about to fail its start-up. */
+    /* Agents first: the agent socket opens only once every agent runs (gw_start, below), so a
+     * client never reaches a daemon that is about to fail its start-up. */
     for (size_t i = 0; i < s->cfg.n_agents; i++) {
         const config_agent *a = &s->cfg.agents[i];
         if (a->enabled && srv_agent_start(s, a) != HSB_OK) {
@@ -734,14 +734,21 @@ hsb_err srv_init(srv *s, const config *cfg, const char *const *sets, size_t n_se
     uv_signal_start(&s->sig_int, srv_signal_cb, SIGINT);
     uv_signal_start(&s->sig_hup, srv_signal_cb, SIGHUP);
 
+    /* The agent socket opens last, after the operator surfaces: a metrics port in use must stop
+     * start-up before any client can connect (and be told E_SHUTDOWN at its hello). */
     err = srv_ops_start(s);
     if (err != HSB_OK) {
         log_error("ops_failed", "err=%s", hsb_err_name(err));
+    } else {
+        err = gw_start(s->gw, &s->cfg);
+    }
+    if (err != HSB_OK) {
         /* Everything is running: take the normal shutdown path, then report failure. */
         s->start_failed = true;
         srv_stop(s);
         return HSB_OK;
     }
+    srv_ops_ready(s);
 
     log_info("started", "version=%s listen=%s agents=%zu pid=%ld", HSB_VERSION, s->cfg.listen,
              s->n_agents, (long)getpid());

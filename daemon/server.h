@@ -76,7 +76,7 @@ struct srv {
 
     bool draining;
     bool stopping;
-    bool start_failed; /* srv_ops_start failed after everything else started */
+    bool start_failed; /* srv_ops_start or gw_start failed after everything else started */
     uint64_t drain_deadline_ms;
     uint64_t start_ms;
 
@@ -113,11 +113,13 @@ void srv_set_ext_handler(srv *s, srv_ext_handler fn, void *arg);
 
 /*
  * Operator surfaces (daemon/ops.c): the control socket, the metrics HTTP server and the alert
- * rules. srv_ops_start runs at the end of srv_init (errors abort start-up); srv_ops_stop at the
- * start of the final shutdown phase, before the gateway closes (it must close its handles with
- * uv_close and stop its nng sockets); srv_ops_free in srv_fini. Loop thread.
+ * rules. srv_ops_start runs near the end of srv_init, before the agent socket listens (errors
+ * abort start-up); srv_ops_ready tells systemd the daemon is up, once the agent socket listens;
+ * srv_ops_stop at the start of the final shutdown phase, before the gateway closes (it must close
+ * its handles with uv_close and stop its nng sockets); srv_ops_free in srv_fini. Loop thread.
  */
 hsb_err srv_ops_start(srv *s);
+void srv_ops_ready(srv *s);
 void srv_ops_stop(srv *s);
 void srv_ops_free(srv *s);
 

@@ -90,6 +90,11 @@ rc=$?
 grep -q "event=metrics_failed url=http://127.0.0.1:$PORT err=\"Address in use\"" "$T/second.log" ||
     fail "no metrics_failed line: $(cat "$T/second.log")"
 ok "a metrics port in use stops start-up with exit 1 and event=metrics_failed"
+# ... before its agent socket ever listened: no client can reach a daemon that is failing to start.
+if grep -q "event=listening" "$T/second.log"; then
+    fail "the agent socket listened before start-up failed: $(cat "$T/second.log")"
+fi
+ok "the failed daemon never opened its agent socket"
 stop_daemon
 
 # metrics.enabled = false: no HTTP server at all.
