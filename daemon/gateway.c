@@ -200,20 +200,26 @@ static void gw_reply_error(gw_ctx *c, hsb_err err, const char *msg)
     gw_reply_send(c, hsb_nng_writer_end(&w));
 }
 
+/* gw_reply answers with rep, encoded into a message sized about hint bytes. */
+static void gw_reply(gw_ctx *c, const hsb_reply *rep, size_t hint)
+{
+    hsb_nng_writer w;
+    msgpack_packer pk;
+    if (hsb_nng_writer_begin(&w, &pk, hint) != 0 || hsb_enc_reply(&pk, rep) != HSB_OK) {
+        hsb_nng_writer_abort(&w);
+        gw_reply_error(c, HSB_EINTERNAL, "out of memory encoding the reply");
+        return;
+    }
+    gw_reply_send(c, hsb_nng_writer_end(&w));
+}
+
 static void gw_reply_simple_ok(gw_ctx *c, hsb_op op)
 {
     hsb_reply rep;
     memset(&rep, 0, sizeof(rep));
     rep.op = op;
     rep.ok = true;
-    hsb_nng_writer w;
-    msgpack_packer pk;
-    if (hsb_nng_writer_begin(&w, &pk, 16) != 0 || hsb_enc_reply(&pk, &rep) != HSB_OK) {
-        hsb_nng_writer_abort(&w);
-        gw_ctx_recv(c);
-        return;
-    }
-    gw_reply_send(c, hsb_nng_writer_end(&w));
+    gw_reply(c, &rep, 16);
 }
 
 static void gw_reply_send_results(gw_ctx *c)
@@ -384,14 +390,7 @@ static void gw_do_hello(gw *g, gw_ctx *c, gw_conn *k)
     snprintf(rep.u.hello.session, sizeof(rep.u.hello.session), "%" PRIu64, bus_client_session(bc));
     rep.u.hello.max_body = g->max_body;
     rep.u.hello.max_batch = (uint32_t)c->dec.max_batch;
-    hsb_nng_writer w;
-    msgpack_packer pk;
-    if (hsb_nng_writer_begin(&w, &pk, 96) != 0 || hsb_enc_reply(&pk, &rep) != HSB_OK) {
-        hsb_nng_writer_abort(&w);
-        gw_reply_error(c, HSB_EINTERNAL, "out of memory encoding the reply");
-        return;
-    }
-    gw_reply_send(c, hsb_nng_writer_end(&w));
+    gw_reply(c, &rep, 96);
 }
 
 static void gw_do_send(gw *g, gw_ctx *c, gw_conn *k)
