@@ -1,9 +1,11 @@
 /*
- * daemon/gateway.c - nng REP contexts for agent protocol v1.
+ * daemon/gateway.c - agent protocol v1 on nng REP contexts (tcp, tls) and on sp_ipc (ipc).
  *
- * Context states: RECV (an nng receive is pending), LOOP (posted to the inbox, or parked by the
- * loop), SEND (an nng send is pending). Only the thread that owns the current state touches the
- * context: nng threads in RECV and SEND, the loop thread in LOOP.
+ * nng context states: RECV (an nng receive is pending), LOOP (posted to the inbox, or parked by
+ * the loop), SEND (an nng send is pending). Only the thread that owns the current state touches
+ * the context: nng threads in RECV and SEND, the loop thread in LOOP. A context of the ipc
+ * listener (sc != NULL) lives on the loop thread only: taken from a free list for one request,
+ * returned when its reply is written.
  */
 #include "daemon/gateway.h"
 
@@ -17,6 +19,7 @@
 #include <sodium.h>
 
 #include "daemon/log.h"
+#include "daemon/sp_ipc.h"
 #include "proto/codec.h"
 #include "proto/nng_write.h"
 
@@ -39,13 +42,18 @@ typedef struct gw_ctx {
     hsb_dec dec;
     hsb_request req;
     hsb_err derr;
-    nng_pipe pipe;
+    nng_pipe pipe;                /* nng contexts */
+    uint32_t pipe_id;             /* the connection: an nng pipe id, or an sp_conn id */
+    sp_conn *sc;                  /* ipc contexts, while a request is answered (a reference) */
+    uint8_t bt[SP_BACKTRACE_MAX]; /* ipc contexts: the request's backtrace */
+    uint8_t bt_len;
     gw_conn *conn;                /* while parked */
     struct gw_ctx *pprev, *pnext; /* the conn's parked list */
     hsb_send_result *results;     /* kept between requests, grown on demand */
     size_t results_cap;
     size_t n_results;
     struct gw_ctx *all_next;
+    struct gw_ctx *free_next; /* ipc contexts: the free list */
 } gw_ctx;
 
 struct gw_conn {
@@ -69,7 +77,11 @@ struct gw {
     uint32_t max_body;
     gw_ctx *all;
     uint32_t n_ctx;
+    sp_server *sp;      /* the ipc listener, when listen is ipc:// */
+    gw_ctx *sp_free;    /* idle ipc contexts */
+    uint32_t n_sp_ctx;  /* ipc contexts in all (bounded by max_contexts) */
     uint32_t n_parked;
+    uint32_t n_parked_nng; /* of them nng contexts: gw_grow keeps contexts ready past these */
     bool closed;  /* draining: new requests get E_SHUTDOWN */
     bool stopped; /* socket closed: contexts are idle */
     gw_token_fn token_fn;
@@ -113,6 +125,7 @@ static void gw_ctx_cb(void *arg)
     }
     nng_msg *m = nng_aio_get_msg(c->aio);
     c->pipe = nng_msg_get_pipe(m);
+    c->pipe_id = (uint32_t)nng_pipe_id(c->pipe);
     hsb_dec_reset(&c->dec);
     c->derr = hsb_dec_request(&c->dec, nng_msg_body(m), nng_msg_len(m), &c->req);
     nng_msg_free(m); /* the decoder copied what it kept */
@@ -134,34 +147,56 @@ static void gw_pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
     inbox_post(g->ib, &e->item);
 }
 
-static hsb_err gw_ctx_open(gw *g)
+/* gw_ctx_new allocates a context with its decoder (not yet on the gateway's list), or NULL. */
+static gw_ctx *gw_ctx_new(gw *g)
 {
     gw_ctx *c = calloc(1, sizeof(*c));
     if (c == NULL) {
-        return HSB_ENOMEM;
+        return NULL;
     }
     c->g = g;
     c->item.kind = GW_ITEM_REQUEST;
     if (hsb_dec_init(&c->dec) != HSB_OK) {
         free(c);
-        return HSB_ENOMEM;
+        return NULL;
     }
     c->dec.max_body = g->max_body;
+    return c;
+}
+
+static void gw_ctx_free(gw_ctx *c)
+{
+    if (c->aio != NULL) {
+        nng_aio_free(c->aio);
+    }
+    hsb_dec_fini(&c->dec);
+    free(c->results);
+    free(c);
+}
+
+static void gw_ctx_link(gw *g, gw_ctx *c)
+{
+    c->all_next = g->all;
+    g->all = c;
+}
+
+static hsb_err gw_ctx_open(gw *g)
+{
+    gw_ctx *c = gw_ctx_new(g);
+    if (c == NULL) {
+        return HSB_ENOMEM;
+    }
     if (nng_aio_alloc(&c->aio, gw_ctx_cb, c) != 0) {
-        hsb_dec_fini(&c->dec);
-        free(c);
+        gw_ctx_free(c);
         return HSB_ENOMEM;
     }
     if (nng_ctx_open(&c->ctx, g->sock) != 0) {
-        nng_aio_free(c->aio);
-        hsb_dec_fini(&c->dec);
-        free(c);
+        gw_ctx_free(c);
         return HSB_EIO;
     }
-    c->all_next = g->all;
-    g->all = c;
+    gw_ctx_link(g, c);
     g->n_ctx++;
-    g->stats.contexts = g->n_ctx;
+    g->stats.contexts = g->n_ctx + g->n_sp_ctx;
     gw_ctx_recv(c);
     return HSB_OK;
 }
@@ -169,7 +204,7 @@ static hsb_err gw_ctx_open(gw *g)
 /* Keep want_ready contexts receiving while fetches are parked. Loop thread. */
 static void gw_grow(gw *g)
 {
-    while (!g->closed && g->n_ctx - g->n_parked < g->want_ready && g->n_ctx < g->max_contexts) {
+    while (!g->closed && g->n_ctx - g->n_parked_nng < g->want_ready && g->n_ctx < g->max_contexts) {
         if (gw_ctx_open(g) != HSB_OK) {
             log_warn("gw_context_open_failed", "contexts=%" PRIu32, g->n_ctx);
             return;
@@ -179,8 +214,24 @@ static void gw_grow(gw *g)
 
 /* ---- replies ----------------------------------------------------------------------------- */
 
+/* gw_sp_done returns an ipc context to the free list once its request is answered. */
+static void gw_sp_done(gw *g, gw_ctx *c)
+{
+    sp_conn_unref(c->sc);
+    c->sc = NULL;
+    c->free_next = g->sp_free;
+    g->sp_free = c;
+    sp_server_kick(g->sp); /* a connection may be waiting for a free context */
+}
+
 static void gw_reply_send(gw_ctx *c, nng_msg *m)
 {
+    if (c->sc != NULL) {
+        sp_conn_reply(c->sc, c->bt, c->bt_len, nng_msg_body(m), nng_msg_len(m));
+        nng_msg_free(m);
+        gw_sp_done(c->g, c);
+        return;
+    }
     c->state = GW_CTX_SEND;
     nng_aio_set_msg(c->aio, m);
     nng_ctx_send(c->ctx, c->aio);
@@ -194,7 +245,11 @@ static void gw_reply_error(gw_ctx *c, hsb_err err, const char *msg)
     if (hsb_nng_writer_begin(&w, &pk, 128) != 0 || hsb_enc_error_reply(&pk, err, msg) != HSB_OK) {
         hsb_nng_writer_abort(&w);
         /* No memory for an answer: the client's REQ will time out and retry; re-arm. */
-        gw_ctx_recv(c);
+        if (c->sc != NULL) {
+            gw_sp_done(c->g, c);
+        } else {
+            gw_ctx_recv(c);
+        }
         return;
     }
     gw_reply_send(c, hsb_nng_writer_end(&w));
@@ -291,6 +346,7 @@ static void gw_park(gw *g, gw_conn *k, gw_ctx *c)
     }
     k->parked = c;
     g->n_parked++;
+    g->n_parked_nng += c->sc == NULL;
     g->stats.parked = g->n_parked;
     gw_grow(g);
 }
@@ -312,6 +368,7 @@ static void gw_unpark(gw *g, gw_ctx *c)
     c->conn = NULL;
     c->pprev = c->pnext = NULL;
     g->n_parked--;
+    g->n_parked_nng -= c->sc == NULL;
     g->stats.parked = g->n_parked;
 }
 
@@ -350,10 +407,13 @@ static bool gw_token_ok(gw *g, const hsb_hello *h)
     return sodium_memcmp(a, b, sizeof(a)) == 0;
 }
 
-static bool gw_pipe_alive(nng_pipe p)
+static bool gw_pipe_alive(const gw_ctx *c)
 {
+    if (c->sc != NULL) {
+        return sp_conn_alive(c->sc);
+    }
     nng_sockaddr sa;
-    return nng_pipe_get_addr(p, NNG_OPT_REMADDR, &sa) == 0;
+    return nng_pipe_get_addr(c->pipe, NNG_OPT_REMADDR, &sa) == 0;
 }
 
 static void gw_do_hello(gw *g, gw_ctx *c, gw_conn *k)
@@ -368,7 +428,7 @@ static void gw_do_hello(gw *g, gw_ctx *c, gw_conn *k)
         gw_reply_error(c, HSB_EAUTH, "hello: bad token for this agent");
         return;
     }
-    if (!gw_pipe_alive(c->pipe)) { /* the close event may already have been handled */
+    if (!gw_pipe_alive(c)) { /* the close event may already have been handled */
         gw_reply_error(c, HSB_ECLOSED, "hello: connection closed");
         return;
     }
@@ -434,13 +494,12 @@ static void gw_do_request(gw *g, gw_ctx *c)
     g->stats.requests++;
     if (c->derr != HSB_OK) {
         g->stats.bad_requests++;
-        log_info("bad_request", "pipe=%" PRIu32 " err=%s reason=\"%s\"", nng_pipe_id(c->pipe),
+        log_info("bad_request", "pipe=%" PRIu32 " err=%s reason=\"%s\"", c->pipe_id,
                  hsb_err_name(c->derr), hsb_dec_errmsg(&c->dec));
         gw_reply_error(c, c->derr, hsb_dec_errmsg(&c->dec));
         return;
     }
-    uint32_t pipe = (uint32_t)nng_pipe_id(c->pipe);
-    gw_conn *k = gw_conn_find(g, pipe, c->req.op == HSB_OP_HELLO);
+    gw_conn *k = gw_conn_find(g, c->pipe_id, c->req.op == HSB_OP_HELLO);
     if (c->req.op == HSB_OP_HELLO) {
         if (k == NULL) {
             gw_reply_error(c, HSB_EINTERNAL, "hello: out of memory");
@@ -470,15 +529,31 @@ static void gw_do_request(gw *g, gw_ctx *c)
     }
 }
 
+/* gw_conn_gone detaches the agent of a connection that went away. */
+static void gw_conn_gone(gw *g, uint32_t pipe)
+{
+    gw_conn *k = gw_conn_find(g, pipe, false);
+    if (k != NULL) {
+        gw_conn_release(g, k, HSB_ECLOSED, "connection closed");
+        gw_conn_remove(g, k);
+    }
+}
+
+/* gw_dispatch handles a decoded request on the loop thread (both transports). */
+static void gw_dispatch(gw *g, gw_ctx *c)
+{
+    if (g->closed) {
+        gw_reply_error(c, HSB_ESHUTDOWN, "the daemon is shutting down");
+        return;
+    }
+    gw_do_request(g, c);
+}
+
 void gw_handle(gw *g, inbox_item *item)
 {
     if (item->kind == GW_ITEM_PIPE_CLOSED) {
         gw_pipe_event *e = (gw_pipe_event *)item;
-        gw_conn *k = gw_conn_find(g, e->pipe, false);
-        if (k != NULL) {
-            gw_conn_release(g, k, HSB_ECLOSED, "connection closed");
-            gw_conn_remove(g, k);
-        }
+        gw_conn_gone(g, e->pipe);
         free(e);
         return;
     }
@@ -486,11 +561,42 @@ void gw_handle(gw *g, inbox_item *item)
     if (g->stopped) {
         return; /* stays idle in LOOP state until gw_free */
     }
-    if (g->closed) {
-        gw_reply_error(c, HSB_ESHUTDOWN, "the daemon is shutting down");
-        return;
+    gw_dispatch(g, c);
+}
+
+/* ---- the ipc listener (sp_ipc callbacks, loop thread) ------------------------------------ */
+
+static bool gw_sp_request(void *arg, sp_conn *sc, const uint8_t *bt, size_t bt_len,
+                          const uint8_t *body, size_t len)
+{
+    gw *g = arg;
+    gw_ctx *c = g->sp_free;
+    if (c != NULL) {
+        g->sp_free = c->free_next;
+    } else {
+        /* Parked fetches hold contexts; past max_contexts the connection waits (stops reading)
+         * until a context is free, as an nng REP socket would. */
+        if (g->n_sp_ctx >= g->max_contexts || (c = gw_ctx_new(g)) == NULL) {
+            return false;
+        }
+        gw_ctx_link(g, c);
+        g->n_sp_ctx++;
+        g->stats.contexts = g->n_ctx + g->n_sp_ctx;
     }
-    gw_do_request(g, c);
+    sp_conn_ref(sc);
+    c->sc = sc;
+    c->pipe_id = sp_conn_id(sc);
+    memcpy(c->bt, bt, bt_len);
+    c->bt_len = (uint8_t)bt_len;
+    hsb_dec_reset(&c->dec);
+    c->derr = hsb_dec_request(&c->dec, body, len, &c->req);
+    gw_dispatch(g, c);
+    return true;
+}
+
+static void gw_sp_closed(void *arg, sp_conn *sc)
+{
+    gw_conn_gone(arg, sp_conn_id(sc));
 }
 
 /* ---- bus callbacks ----------------------------------------------------------------------- */
@@ -577,9 +683,21 @@ hsb_err gw_new(const config *cfg, bus *b, inbox *ib, gw **out)
     return HSB_OK;
 }
 
+static hsb_err gw_listen_ipc(gw *g, const config *cfg)
+{
+    static const sp_handlers h = {.request = gw_sp_request, .closed = gw_sp_closed};
+    const char *path = cfg->listen + strlen("ipc://");
+    if (sp_server_listen(g->ib->async.loop, path, cfg->max_request, &h, g, &g->sp) != HSB_OK) {
+        return HSB_EIO;
+    }
+    log_info("listening", "url=%s", cfg->listen);
+    return HSB_OK;
+}
+
 hsb_err gw_start(gw *g, const config *cfg)
 {
-    if (gw_listen(g, cfg->listen) != HSB_OK ||
+    bool ipc = strncmp(cfg->listen, "ipc://", 6) == 0;
+    if ((ipc ? gw_listen_ipc(g, cfg) : gw_listen(g, cfg->listen)) != HSB_OK ||
         (cfg->listen_tcp[0] != '\0' && gw_listen(g, cfg->listen_tcp) != HSB_OK)) {
         return HSB_EIO;
     }
@@ -627,9 +745,12 @@ void gw_stop(gw *g)
 {
     g->closed = true;
     g->stopped = true;
-    nng_close(g->sock); /* pending aios complete with NNG_ECLOSED */
+    sp_server_close(g->sp); /* its connections' closed handlers detach their clients now */
+    nng_close(g->sock);     /* pending aios complete with NNG_ECLOSED */
     for (gw_ctx *c = g->all; c != NULL; c = c->all_next) {
-        nng_aio_stop(c->aio); /* waits for a running callback */
+        if (c->aio != NULL) {
+            nng_aio_stop(c->aio); /* waits for a running callback */
+        }
     }
 }
 
@@ -656,11 +777,12 @@ void gw_free(gw *g, bool detach_clients)
     gw_ctx *c = g->all;
     while (c != NULL) {
         gw_ctx *next = c->all_next;
-        nng_aio_free(c->aio);
-        hsb_dec_fini(&c->dec);
-        free(c->results);
-        free(c);
+        if (c->sc != NULL) {
+            sp_conn_unref(c->sc); /* a request on a connection that is gone */
+        }
+        gw_ctx_free(c);
         c = next;
     }
+    sp_server_free(g->sp);
     free(g);
 }
