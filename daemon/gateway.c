@@ -77,13 +77,13 @@ struct gw {
     uint32_t max_body;
     gw_ctx *all;
     uint32_t n_ctx;
-    sp_server *sp;      /* the ipc listener, when listen is ipc:// */
-    gw_ctx *sp_free;    /* idle ipc contexts */
-    uint32_t n_sp_ctx;  /* ipc contexts in all (bounded by max_contexts) */
+    sp_server *sp;     /* the ipc listener, when listen is ipc:// */
+    gw_ctx *sp_free;   /* idle ipc contexts */
+    uint32_t n_sp_ctx; /* ipc contexts in all (bounded by max_contexts) */
     uint32_t n_parked;
     uint32_t n_parked_nng; /* of them nng contexts: gw_grow keeps contexts ready past these */
-    bool closed;  /* draining: new requests get E_SHUTDOWN */
-    bool stopped; /* socket closed: contexts are idle */
+    bool closed;           /* draining: new requests get E_SHUTDOWN */
+    bool stopped;          /* socket closed: contexts are idle */
     gw_token_fn token_fn;
     void *token_arg;
     gw_conn *conns[GW_CONN_BUCKETS];
