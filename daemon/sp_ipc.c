@@ -2,7 +2,8 @@
  * daemon/sp_ipc.c - nng's REQ/REP wire protocol, REP side, on a libuv Unix socket (sp_*).
  *
  * A connection reads into one buffer and handles every complete message in it before reading
- * again, so a batch of requests that arrived together costs one read. Replies are written with
+ * again, so a batch of requests that arrived together costs one read. The buffer is freed whenever
+ * it is empty, so an idle connection costs its handle and nothing more. Replies are written with
  * uv_try_write, which writes straight from the caller's buffers when nothing is queued; only the
  * rest of a reply the socket did not take is copied.
  */
@@ -22,7 +23,6 @@
 #define SP_PROTO_REP   0x31
 #define SP_HEAD_LEN    9       /* type byte + u64 length */
 #define SP_READ_MIN    65536   /* room offered to each read */
-#define SP_BUF_KEEP    1048576 /* a larger buffer is freed once empty (after a big message) */
 #define SP_QUEUE_LIMIT 4194304 /* unsent reply bytes at which a connection stops reading */
 
 enum {
@@ -194,7 +194,7 @@ static void sp_conn_process(sp_conn *c)
     if (off > 0 && !c->closing) {
         memmove(c->buf, c->buf + off, c->len - off);
         c->len -= off;
-        if (c->len == 0 && c->cap > SP_BUF_KEEP) {
+        if (c->len == 0) { /* an idle connection holds no buffer; malloc reuses it cheaply */
             free(c->buf);
             c->buf = NULL;
             c->cap = 0;

@@ -187,6 +187,36 @@ static void t_wire(void **state)
     assert_int_equal(ith_stop(&d, false), 0);
 }
 
+/*
+ * Ten thousand requests in one write, read only after all of them were written: the replies
+ * (about 800 KB) overflow the socket buffer, so the daemon queues the rest of them; every reply
+ * still comes back, in order, each with its own request id.
+ */
+static void t_many_pipelined(void **state)
+{
+    (void)state;
+    enum { N = 10000 };
+    ith_daemon d;
+    assert_true(ith_start(&d, NULL));
+    int fd = ti_connect(&d);
+    ti_handshake(fd);
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    hsb_request hello = ti_hello("many");
+    for (uint32_t i = 0; i < N; i++) {
+        const uint32_t bt[] = {0x80000000u | i};
+        ti_request(&out, bt, 1, &hello); /* the first is accepted, the rest get E_DENIED */
+    }
+    ti_write(fd, out.data, out.size);
+    msgpack_sbuffer_destroy(&out);
+    for (uint32_t i = 0; i < N; i++) {
+        const uint32_t bt[] = {0x80000000u | i};
+        assert_int_equal(ti_reply(fd, bt, 1, HSB_OP_HELLO, NULL), i == 0 ? HSB_OK : HSB_EDENIED);
+    }
+    close(fd);
+    assert_int_equal(ith_stop(&d, false), 0);
+}
+
 /* A peer that is not nng REQ is closed before anything else happens. */
 static void t_wrong_peer(void **state)
 {
@@ -314,9 +344,9 @@ static void t_stale_socket(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(t_wire),         cmocka_unit_test(t_wrong_peer),
-        cmocka_unit_test(t_oversized),    cmocka_unit_test(t_contexts_bound),
-        cmocka_unit_test(t_stale_socket),
+        cmocka_unit_test(t_wire),           cmocka_unit_test(t_many_pipelined),
+        cmocka_unit_test(t_wrong_peer),     cmocka_unit_test(t_oversized),
+        cmocka_unit_test(t_contexts_bound), cmocka_unit_test(t_stale_socket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
