@@ -1,15 +1,22 @@
 /*
- * daemon/gateway.h - the agent socket: nng REP with many contexts, agent protocol v1.
+ * daemon/gateway.h - the agent socket, agent protocol v1, on two transports.
  *
- * Each context loops recv -> decode -> (loop thread) handle -> send -> recv. Decoding happens on
- * the nng thread that completed the receive, into the context's own hsb_dec; the context itself is
- * then posted to the loop's inbox, so the decoded request crosses threads without a copy. The
- * loop answers at once (hello, send, bye, errors) or parks the context (fetch, or a send waiting
- * for durable commits) until the bus answers through its host callbacks.
+ * ipc:// (the default) is served on the loop thread by sp_ipc, which speaks nng's REQ/REP wire
+ * protocol itself: a request is decoded from the connection's read buffer into a context taken
+ * from a free list and handled at once, with no thread hand-off (docs/rationale.md, "The ipc
+ * listener runs on the loop thread"). Past `max_contexts` such contexts, a connection waits.
  *
- * A parked fetch holds its context, so the gateway opens more contexts when fewer than `contexts`
- * are ready to receive, up to `max_contexts`. Contexts are freed only at shutdown, which keeps
- * the lifecycle simple: nothing is ever freed from its own callback.
+ * tcp:// and tls+tcp:// use an nng REP socket with many contexts. Each loops recv -> decode ->
+ * (loop thread) handle -> send -> recv. Decoding happens on the nng thread that completed the
+ * receive, into the context's own hsb_dec; the context itself is then posted to the loop's inbox,
+ * so the decoded request crosses threads without a copy. A parked fetch holds its context, so the
+ * gateway opens more contexts when fewer than `contexts` are ready to receive, up to
+ * `max_contexts`.
+ *
+ * Either way the loop answers at once (hello, send, bye, errors) or parks the context (fetch, or a
+ * send waiting for durable commits) until the bus answers through its host callbacks. Contexts
+ * are freed only at shutdown, which keeps the lifecycle simple: nothing is ever freed from its own
+ * callback.
  *
  * A pipe is one connection. hello binds the pipe to a bus client; every later request on that pipe
  * acts as that client; the pipe's removal detaches it (its in-flight messages are redelivered).
@@ -41,15 +48,16 @@ typedef struct gw_stats {
 } gw_stats;
 
 /*
- * gw_new opens the REP socket (NNG_OPT_RECVMAXSZ from cfg) and starts cfg->contexts receiving
- * contexts; requests will be posted to ib. It does not listen: gw_start does, so that the daemon
- * can open its agent socket last, once nothing else in start-up can fail. Errors: HSB_EIO (the
- * reason is logged), HSB_ENOMEM.
+ * gw_new opens the nng REP socket (NNG_OPT_RECVMAXSZ from cfg) and starts cfg->contexts receiving
+ * contexts; their requests will be posted to ib (whose loop also runs the ipc listener). It does
+ * not listen: gw_start does, so that the daemon can open its agent socket last, once nothing else
+ * in start-up can fail. Errors: HSB_EIO (the reason is logged), HSB_ENOMEM.
  */
 hsb_err gw_new(const config *cfg, bus *b, inbox *ib, gw **out);
 
 /*
- * gw_start listens on cfg->listen, and on cfg->listen_tcp when set. Once one listener is open a
+ * gw_start listens on cfg->listen (an ipc:// URL with sp_ipc, anything else with nng), and on
+ * cfg->listen_tcp when set. Once one listener is open a
  * client can connect, even if the second then fails: the caller must then shut down through the
  * normal path (gw_close, gw_stop). Loop thread. Errors: HSB_EIO (the reason is logged).
  */
@@ -79,9 +87,10 @@ void gw_stats_get(const gw *g, gw_stats *st);
 void gw_close(gw *g);
 
 /*
- * gw_stop closes the socket and waits until no nng callback of the gateway is running (blocks
- * briefly). Contexts and pipe events may still sit in the inbox: drain it (gw_handle ignores
- * requests once stopped) before gw_free.
+ * gw_stop closes the ipc listener and its connections (detaching their clients) and the nng
+ * socket, and waits until no nng callback of the gateway is running (blocks briefly). The loop
+ * must run once more (the handles' close callbacks) before gw_free. Contexts and pipe events may
+ * still sit in the inbox: drain it (gw_handle ignores requests once stopped) before gw_free.
  */
 void gw_stop(gw *g);
 
