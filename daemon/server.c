@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -640,6 +641,10 @@ hsb_err srv_init(srv *s, const config *cfg, const char *const *sets, size_t n_se
     s->n_sets = n_sets;
     s->start_ms = srv_now_ms();
     log_set_level((hsb_log_level)log_level_parse(s->cfg.log_level));
+    /* The ipc listener writes to sockets whose peer may have gone: that must be an EPIPE for the
+     * connection, not a SIGPIPE that kills the daemon (nng's own sends use MSG_NOSIGNAL). Before
+     * any thread starts, so that every thread inherits it. */
+    signal(SIGPIPE, SIG_IGN);
 
     if (srv_mkdir(s->cfg.run_dir) != HSB_OK || srv_mkdir(s->cfg.data_dir) != HSB_OK) {
         log_error("mkdir_failed", "run_dir=%s data_dir=%s err=\"%s\"", s->cfg.run_dir,

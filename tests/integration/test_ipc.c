@@ -217,6 +217,43 @@ static void t_many_pipelined(void **state)
     assert_int_equal(ith_stop(&d, false), 0);
 }
 
+/*
+ * A client that sends many requests and leaves without reading: the daemon's replies then hit a
+ * closed socket (EPIPE). That closes the connection; it must not kill the daemon (SIGPIPE), which
+ * then still serves the next client and exits cleanly.
+ */
+static void t_peer_gone(void **state)
+{
+    (void)state;
+    ith_daemon d;
+    assert_true(ith_start(&d, NULL));
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    hsb_request hello = ti_hello("gone");
+    for (uint32_t i = 0; i < 5000; i++) {
+        const uint32_t bt[] = {0x80000000u | i};
+        ti_request(&out, bt, 1, &hello);
+    }
+    for (int round = 0; round < 3; round++) {
+        int fd = ti_connect(&d);
+        ti_handshake(fd);
+        ti_write(fd, out.data, out.size);
+        close(fd);
+    }
+    msgpack_sbuffer_destroy(&out);
+
+    int fd = ti_connect(&d);
+    ti_handshake(fd);
+    msgpack_sbuffer_init(&out);
+    const uint32_t bt[] = {0x80000001};
+    ti_request(&out, bt, 1, &hello);
+    ti_write(fd, out.data, out.size);
+    msgpack_sbuffer_destroy(&out);
+    assert_int_equal(ti_reply(fd, bt, 1, HSB_OP_HELLO, NULL), HSB_OK);
+    close(fd);
+    assert_int_equal(ith_stop(&d, false), 0);
+}
+
 /* A peer that is not nng REQ is closed before anything else happens. */
 static void t_wrong_peer(void **state)
 {
@@ -344,9 +381,10 @@ static void t_stale_socket(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(t_wire),           cmocka_unit_test(t_many_pipelined),
-        cmocka_unit_test(t_wrong_peer),     cmocka_unit_test(t_oversized),
-        cmocka_unit_test(t_contexts_bound), cmocka_unit_test(t_stale_socket),
+        cmocka_unit_test(t_wire),         cmocka_unit_test(t_many_pipelined),
+        cmocka_unit_test(t_peer_gone),    cmocka_unit_test(t_wrong_peer),
+        cmocka_unit_test(t_oversized),    cmocka_unit_test(t_contexts_bound),
+        cmocka_unit_test(t_stale_socket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
