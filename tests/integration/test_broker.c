@@ -14,6 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -155,6 +158,67 @@ static void t_direct_builtin_echo(void **state)
     hsbus_msg_clear(&m);
 
     hsbus_close(&a);
+    tb_stop(&d);
+}
+
+/* tb_free_port returns a TCP port on 127.0.0.1 that was free a moment ago. */
+static int tb_free_port(void)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+/* The tcp listener (nng) and the ipc listener (the daemon's own) serve one bus: an agent on tcp
+ * asks the built-in echo, and reaches an agent on ipc, which answers it. */
+static void t_tcp_and_ipc(void **state)
+{
+    (void)state;
+    char set[96];
+    int port = tb_free_port();
+    snprintf(set, sizeof(set), "gateway.listen_tcp=tcp://127.0.0.1:%d", port);
+    const char *sets[] = {set, NULL};
+    ith_daemon d;
+    assert_true(ith_start(&d, sets));
+    ith_daemon dt = d;
+    snprintf(dt.url, sizeof(dt.url), "tcp://127.0.0.1:%d", port);
+    hsbus_client *t = tb_connect(&dt, "on-tcp", NULL, 0, NULL, 0);
+    hsbus_client *i = tb_connect(&d, "on-ipc", NULL, 0, NULL, 0);
+
+    hsbus_msg m, *reply = NULL;
+    tb_msg(&m, "echo", NULL, NULL, "over tcp");
+    assert_int_equal(hsbus_request(t, &m, 5000, &reply), HSBUS_OK);
+    assert_true(tb_body_is(reply, "over tcp"));
+    hsbus_msg_free(&reply);
+    hsbus_msg_clear(&m);
+
+    uint64_t id = 0;
+    tb_msg(&m, "on-ipc", NULL, NULL, "tcp to ipc");
+    assert_int_equal(tb_send(t, &m, &id), HSBUS_OK);
+    hsbus_msg *got = tb_fetch_one(i, 5000);
+    assert_int_equal(got->id, id);
+    assert_string_equal(got->from, "on-tcp");
+    assert_true(tb_body_is(got, "tcp to ipc"));
+    assert_int_equal(hsbus_ack(i, got->id), HSBUS_OK);
+    hsbus_msg_free(&got);
+    hsbus_msg_clear(&m);
+
+    tb_msg(&m, "on-tcp", NULL, NULL, "ipc to tcp");
+    assert_int_equal(tb_send(i, &m, &id), HSBUS_OK);
+    got = tb_fetch_one(t, 5000);
+    assert_int_equal(got->id, id);
+    assert_true(tb_body_is(got, "ipc to tcp"));
+    assert_int_equal(hsbus_ack(t, got->id), HSBUS_OK);
+    hsbus_msg_free(&got);
+    hsbus_msg_clear(&m);
+
+    hsbus_close(&i);
+    hsbus_close(&t);
     tb_stop(&d);
 }
 
@@ -918,6 +982,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_direct_builtin_echo),
         cmocka_unit_test(t_direct_external),
+        cmocka_unit_test(t_tcp_and_ipc),
         cmocka_unit_test(t_request_async),
         cmocka_unit_test(t_by_type),
         cmocka_unit_test(t_topic_fanout),
