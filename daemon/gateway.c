@@ -372,16 +372,25 @@ static void gw_unpark(gw *g, gw_ctx *c)
     g->stats.parked = g->n_parked;
 }
 
-/* gw_conn_release detaches the conn's client and frees its parked contexts with an answer that
- * goes nowhere when the pipe is gone (the REP context needs a send to receive again). */
+/*
+ * gw_conn_release detaches the conn's client and frees its parked fetches with an answer that
+ * goes nowhere when the pipe is gone (the REP context needs a send to receive again). A send that
+ * waits for durable commits stays with its context: the bus still holds the context as the send's
+ * cookie and writes the results into its array when the commits land, so the context may not be
+ * reused before gw_send_done; its answer then goes to a closed connection and is dropped (after a
+ * bye, to the still open one).
+ */
 static void gw_conn_release(gw *g, gw_conn *k, hsb_err why, const char *msg)
 {
     while (k->parked != NULL) {
         gw_ctx *c = k->parked;
-        if (k->client != NULL && c->req.op == HSB_OP_FETCH) {
+        gw_unpark(g, c);
+        if (c->req.op != HSB_OP_FETCH) {
+            continue; /* a durable send: answered by gw_send_done */
+        }
+        if (k->client != NULL) {
             bus_fetch_cancel(g->b, k->client, c);
         }
-        gw_unpark(g, c);
         gw_reply_error(c, why, msg);
     }
     if (k->client != NULL) {

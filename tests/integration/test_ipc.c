@@ -254,6 +254,67 @@ static void t_peer_gone(void **state)
     assert_int_equal(ith_stop(&d, false), 0);
 }
 
+/*
+ * Clients that send durable messages and leave before the commit (forty of them at once, so that
+ * the daemon sees them together): the bus answers those sends later, through the context that took
+ * them, so the context must not be reused meanwhile (each round sends one message more, so a reused
+ * context would grow its result array while the bus still writes into the old one). The daemon
+ * stays healthy and still acknowledges a durable send.
+ */
+static void t_durable_send_then_gone(void **state)
+{
+    (void)state;
+    enum { ROUNDS = 40 };
+    ith_daemon d;
+    assert_true(ith_start(&d, NULL));
+    hsb_envelope env[ROUNDS + 1];
+    for (size_t i = 0; i <= ROUNDS; i++) {
+        hsb_envelope_init(&env[i]);
+        snprintf(env[i].to, sizeof(env[i].to), "keeper");
+        env[i].durable = true;
+    }
+    int keeper = ti_connect(&d); /* the destination: an agent that stays connected */
+    ti_handshake(keeper);
+    msgpack_sbuffer kb;
+    msgpack_sbuffer_init(&kb);
+    hsb_request kh = ti_hello("keeper");
+    const uint32_t kbt[] = {0x80000009};
+    ti_request(&kb, kbt, 1, &kh);
+    ti_write(keeper, kb.data, kb.size);
+    msgpack_sbuffer_destroy(&kb);
+    assert_int_equal(ti_reply(keeper, kbt, 1, HSB_OP_HELLO, NULL), HSB_OK);
+    hsb_request hello = ti_hello("leaver"), send;
+    memset(&send, 0, sizeof(send));
+    send.op = HSB_OP_SEND;
+    send.u.send.msgs = env;
+    const uint32_t bt1[] = {0x80000001}, bt2[] = {0x80000002};
+    int fds[ROUNDS + 1];
+    for (size_t round = 0; round <= ROUNDS; round++) { /* connected first: then all at once */
+        fds[round] = ti_connect(&d);
+        ti_handshake(fds[round]);
+    }
+    for (size_t round = 0; round <= ROUNDS; round++) {
+        int fd = fds[round];
+        msgpack_sbuffer out;
+        msgpack_sbuffer_init(&out);
+        ti_request(&out, bt1, 1, &hello);
+        send.u.send.n_msgs = round < ROUNDS ? round + 1 : 1;
+        ti_request(&out, bt2, 1, &send);
+        ti_write(fd, out.data, out.size);
+        msgpack_sbuffer_destroy(&out);
+        if (round == ROUNDS) { /* the last one stays for its answer */
+            assert_int_equal(ti_reply(fd, bt1, 1, HSB_OP_HELLO, NULL), HSB_OK);
+            assert_int_equal(ti_reply(fd, bt2, 1, HSB_OP_SEND, NULL), HSB_OK);
+        }
+        shutdown(fd, SHUT_WR); /* gone as far as the daemon can tell: it reads the end */
+    }
+    for (size_t round = 0; round <= ROUNDS; round++) {
+        close(fds[round]);
+    }
+    close(keeper);
+    assert_int_equal(ith_stop(&d, false), 0);
+}
+
 /* A peer that is not nng REQ is closed before anything else happens. */
 static void t_wrong_peer(void **state)
 {
@@ -381,10 +442,10 @@ static void t_stale_socket(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(t_wire),         cmocka_unit_test(t_many_pipelined),
-        cmocka_unit_test(t_peer_gone),    cmocka_unit_test(t_wrong_peer),
-        cmocka_unit_test(t_oversized),    cmocka_unit_test(t_contexts_bound),
-        cmocka_unit_test(t_stale_socket),
+        cmocka_unit_test(t_wire),           cmocka_unit_test(t_many_pipelined),
+        cmocka_unit_test(t_peer_gone),      cmocka_unit_test(t_durable_send_then_gone),
+        cmocka_unit_test(t_wrong_peer),     cmocka_unit_test(t_oversized),
+        cmocka_unit_test(t_contexts_bound), cmocka_unit_test(t_stale_socket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
